@@ -1,0 +1,1 @@
+"""Benchmarks of ngdsym (run as ``python -m benchmarks.<name>``)."""
