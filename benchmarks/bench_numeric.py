@@ -21,6 +21,7 @@ Times are the best of ``--repeat`` runs (wall clock, ``time.perf_counter``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -28,6 +29,8 @@ import time
 import numpy as np
 
 from numeric import METHODS, MLP, layer_kernels, natural_gradient, preconditioned_kernel
+
+print = functools.partial(print, flush=True)  # rows appear as they are timed
 
 
 def best_time(fn, repeat: int) -> float:

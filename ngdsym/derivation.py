@@ -291,8 +291,9 @@ class Derivation:
         L, n, n2 = _check_kernels(train, cross)
         concrete = self._with(depth=L, n_samples=n)
         C_val = concrete._input[1].n_outputs
+        C_val = 1 if C_val is None else C_val  # the documented default
         if not isinstance(C_val, int):
-            raise ValueError("n_outputs must be known to evaluate the kernel limit; "
+            raise ValueError("n_outputs must be an integer to evaluate the kernel limit; "
                              "pass n_outputs to derive()")
         expr = concrete.limit if cross is None else concrete.cross_limit
         if expr is None:
@@ -302,7 +303,12 @@ class Derivation:
             # K -> diag(a_n), a_n = alpha (wide limit, ratio sense): alpha I.
             return concrete.alpha_value() * np.eye(n * C_val)
         arrays = _infinite_width_arrays(train, cross, C_val)
-        return alg.evaluate(expr, arrays, {N: n, C: C_val, N2: n2 if cross is not None else n})
+        try:
+            return alg.evaluate(expr, arrays, {N: n, C: C_val, N2: n2 if cross is not None else n})
+        except KeyError as err:
+            raise NotImplementedError(
+                f"{concrete.method.value}: the kernel limit is not a function of the per-layer "
+                f"kernels ({err.args[0]}); {concrete.cross_reason or concrete.alpha_reason}") from None
 
     def predict_test(self, train, cross, residual0, *, lr, steps) -> np.ndarray:
         """Infinite-width linearised ``f_t(X2) - f_0(X2)`` for ``t = 0..steps`` (theory.md section 3).
@@ -399,8 +405,6 @@ def _parse_structure(structure: dict) -> _Structure:
         else:
             raise ValueError(f"widths has {len(widths)} entries; pass [M_0, ..., M_L] "
                              f"({depth + 1} entries) or the hidden widths ({depth - 1})")
-    if c is None:
-        c = 1
     activation = structure.get("activation")
     if activation is not None:
         from .kernels import ACTIVATION_EXPRESSIONS
@@ -416,7 +420,8 @@ def _parse_structure(structure: dict) -> _Structure:
 
 def _substitute_structure(expr, s: _Structure):
     """Substitute concrete structure values into a symbolic expression (alpha_value)."""
-    subs = {alg.L_default: s.depth, N: s.n_samples, C: s.n_outputs}
+    subs = {alg.L_default: s.depth, N: s.n_samples,
+            C: 1 if s.n_outputs is None else s.n_outputs}
     out = sp.sympify(expr).subs(subs).doit()
     if s.hidden is not None:
         out = out.subs({_M[k + 1]: w for k, w in enumerate(s.hidden)})
@@ -1103,7 +1108,7 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
                     "Theta = ||hbar||^2 delta delta^T, its projection", M2))
     d.steps.append(("off-diagonal entry (nonzero): sum over units of rank-N projections is not "
                     "a multiple of I", off))
-    if isinstance(s.n_outputs, int) and s.n_outputs > 1 or not isinstance(s.n_outputs, int):
+    if s.n_outputs is not None:  # default C = 1
         if not (isinstance(s.n_outputs, int) and s.n_outputs == 1):
             d.alpha = None
             d.alpha_reason = (f"unit-wise needs C = 1; with C = {s.n_outputs} outputs each unit's "
@@ -1125,6 +1130,8 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
         d.steps.append(("sum_{l<L} M_l", sp.Integer(width_sum)))
     else:
         width_sum = sp.Sum(_M[layer], (layer, 1, L - 1))
+        if s.depth_is_int:
+            width_sum = width_sum.doit()
     d.alpha = gamma * width_sum + 1
     d.limit = d.alpha * Identity(N)
     d.steps.append(("wide limit: #active / M_l -> gamma, so a_n -> alpha = gamma sum_{l<L} M_l + 1 "
@@ -1158,12 +1165,14 @@ def _diagonal_example():
     n = 2
     Fdiag = sp.diag(*[(J[:, p].T * J[:, p])[0, 0] / n for p in range(len(theta))])
     r = sp.Symbol("rho", positive=True)
-    K = J * (Fdiag + r * sp.eye(len(theta))).inv() * J.T / n
-    K0 = K.applyfunc(lambda e: sp.limit(e, r, 0, "+"))
+    # (diag F + rho I)^{-1} is diagonal with entries 1/(F_pp + rho), continuous at rho = 0
+    # wherever F_pp > 0 (a parameter with F_pp = 0 has a zero column and drops out).
+    Kr = J * sp.diag(*[1 / (Fdiag[p, p] + r) for p in range(len(theta))]) * J.T / n
+    K0 = Kr.subs(r, 0)
     point = {x[0]: 1, x[1]: 2, w[0]: 1, w[1]: -sp.Rational(1, 2), v[0]: 1, v[1]: 1}
     off = K0[0, 1]
-    off_at = sp.nsimplify(off.subs(point))
-    return J, K0, off, off.subs(point), sp.N(off.subs(point), 20)
+    off_at = off.subs(point)
+    return J, K0, off, off_at, sp.N(off_at, 30)
 
 
 def _derive_diagonal(d: Derivation, s: _Structure):
@@ -1186,7 +1195,7 @@ def _derive_diagonal(d: Derivation, s: _Structure):
     d.steps.append(("K_12 at rho -> 0 (sum_p J_1p J_2p / (J_1p^2 + J_2p^2))", off))
     d.steps.append(("at x = (1, 2), w = (1, -1/2), v = (1, 1): K_12 =", sp.Eq(off_at, off_num)))
     d.preconditioner = (Jx * (Fd + rho * Identity(P)).I * J.T / N).xreplace({Jx: J})
-    d.limit = d.preconditioner.subs(rho, 0)
+    d.limit = d.preconditioner.subs(rho, 0).doit()
     d.alpha = None
     d.alpha_reason = (f"K is not proportional to I: in a two-sample, one-hidden-layer tanh "
                       f"network K_12 = {sp.N(off_num, 6)} != 0 at rho -> 0 (steps); its "
@@ -1215,6 +1224,8 @@ def _derive_cached(method: Method, s: _Structure) -> Derivation:
     d = Derivation(method=method, structure=s.as_dict(), _input=(method, s))
     _DERIVERS[method](d, s)
     values = {sym: v for sym, v in ((N, s.n_samples), (C, s.n_outputs)) if isinstance(v, int)}
+    if method is Method.UNIT_WISE and s.n_outputs is None:
+        values[C] = 1  # unit-wise is derived for the default C = 1
     if values:
         for name in ("preconditioner", "limit", "cross_limit", "alpha", "dynamics",
                      "test_predictor"):

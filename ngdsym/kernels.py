@@ -303,17 +303,20 @@ def _derive(activation):
         const, den = sp.factor_terms(sp.expand(den)).as_independent(Q, Q2, CC)
         num = num / const
         den = sp.expand(den)
-        assert not num.has(Q, Q2, CC)
+        if num.has(Q, Q2, CC):  # pragma: no cover - derivation guard
+            raise RuntimeError("E[phi' phi']^2 is not const / polynomial")
         dkernel = sp.sqrt(num) / sp.sqrt(den)
         steps.append(("E[phi'(u) phi'(u')] by Gaussian integration (z_2, then z_1) =", dkernel))
         # c = 0: u, u' independent, E[phi(u)] = 0 since phi is odd and the Gaussian even
-        assert sp.simplify(phi.subs(U, -U) + phi) == 0
+        if sp.simplify(phi.subs(U, -U) + phi) != 0:  # pragma: no cover - derivation guard
+            raise RuntimeError("phi is not odd")
         at_zero = sp.S.Zero
         steps.append(("c = 0: E[phi(u) phi(u')] = E[phi(u)] E[phi(u')] = (phi odd)", at_zero))
         # Price: d/dc E[phi phi'] = E[phi' phi']; den = A - B c^2 with A > 0 free of c
         A, B, s = sp.Symbol("A", positive=True), sp.Symbol("B", positive=True), sp.Symbol("s", real=True)
         poly = sp.Poly(den, CC)
-        assert poly.degree() == 2 and poly.coeff_monomial(CC) == 0
+        if poly.degree() != 2 or poly.coeff_monomial(CC) != 0:  # pragma: no cover - derivation guard
+            raise RuntimeError("radicand is not A - B c^2")
         A_val, B_val = sp.factor(poly.coeff_monomial(1)), -poly.coeff_monomial(CC**2)
         integral = sp.integrate(sp.sqrt(num) / sp.sqrt(A - B * s**2), (s, 0, CC))
         kernel = at_zero + integral.subs({A: A_val, B: B_val})
@@ -452,10 +455,15 @@ def gaussian_quadrature_expectation(f, g, q, q2, c, *, order=DEFAULT_QUADRATURE_
     Whitened: ``u = a z_1``, ``u' = b z_1 + e z_2`` with ``a = sqrt(q)``, ``b = c / a``
     (0 if ``a = 0``), ``e = sqrt(max(q' - b^2, 0))``; ``z_1, z_2`` on a trapezoid grid of
     ``order`` nodes on ``[-8.5, 8.5]`` weighted by the normal density.  For analytic
-    integrands the error decays geometrically in ``order`` (faster than Gauss-Hermite
-    for steep integrands): measured with erf (closed form) at ``order = 96``,
-    ``< 1e-15`` for ``q, q' <= 5``, ``~ 1e-8`` at ``q = 10``, ``~ 3e-5`` at ``q = 30``.
-    Kinked integrands (ReLU) converge only algebraically: use the closed forms there.
+    integrands the error decays geometrically in ``order``, with a rate set by the
+    distance of the nearest complex singularity of ``f(sqrt(q) z)`` (tanh: poles at
+    ``z = i pi / (2 sqrt(q))``); for steep integrands (large ``q``) this beats Gauss-Hermite
+    of the same order.  Measured absolute errors at ``order = 96`` (``c = 0.9 q = 0.9 q'``;
+    ``E[phi phi']`` / ``E[phi' phi']``): tanh (against order 500) ``< 4e-15`` for
+    ``q <= 2``, ``6e-11 / 9e-10`` at ``q = 5``, ``4e-8 / 4e-7`` at ``q = 10``,
+    ``3e-6 / 2e-5`` at ``q = 20``; erf (against its closed form) ``< 1e-15`` for ``q <= 5``.
+    Raise ``order`` for larger variances.  Kinked integrands (ReLU) converge only
+    algebraically: use the closed forms there.
 
     Cost ``O(P order^2)`` for ``P`` pairs, memory ``O(block_bytes)``.
 

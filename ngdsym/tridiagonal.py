@@ -36,14 +36,18 @@ Every solution of ``T x = 1`` is ``c + t z`` with the null vector ``z = (1, -1, 
   layers ``l = 0 (mod 3)`` never move (``c_l = z_l = 0`` there); for each pair
   ``(3k + 1, 3k + 2)`` the two function-space contributions add up to the residual.
 * Choice-dependent: how each pair splits the update, hence the parameter update and the test
-  predictions.  The damped NGD limit solves ``(T (x) I + eps E) x = 1 (x) v`` with the metric
-  ``E = N rho D^{-1} / rho`` (block-diagonal, positive definite) and ``eps = rho -> 0``; its
-  limit is the solution with ``(z^T (x) I) E x = 0``.  With ``S_k = sum_{l = k (mod 3)}
-  Theta_l^{-1}`` (training-set kernels) layers ``3k + 1`` contribute ``P v`` and layers
-  ``3k + 2`` contribute ``(I - P) v`` with ``P = (S_1 + S_2)^{-1} S_2``.  This is the
-  pseudo-inverse split ``P = I / 2`` only when ``S_1 = S_2`` (e.g. all ``Theta_l`` equal); in
-  general ``P`` is a matrix.  ``P`` and ``I - P`` are invertible (``S_1``, ``S_2`` positive
-  definite), so in the damped limit exactly the layers ``l != 0 (mod 3)`` move.  For a
+  predictions.  Damped NGD solves ``(T (x) I + rho E) x = 1 (x) v`` with the block-diagonal,
+  positive definite metric ``E = N D^{-1}`` (every ``Theta_l`` invertible); as ``rho -> 0`` the
+  solution tends to the one with ``(z^T (x) I) E x = 0`` (first-order solvability, ``T``
+  symmetric), i.e. the solution of least ``sum_l x_l^T Theta_l^{-1} x_l``.  With
+  ``S_k = sum_{l = k (mod 3)} Theta_l^{-1}`` (training-set kernels) every layer ``3k + 1``
+  contributes ``P v`` and every layer ``3k + 2`` contributes ``(I - P) v``, with
+  ``P = (S_1 + S_2)^{-1} S_2``.  This is the pseudo-inverse split ``P = I / 2`` only when
+  ``S_1 = S_2`` (e.g. all ``Theta_l`` equal); in general ``P`` is a matrix, so the BTD test
+  predictor of theory.md section 3 (weights ``c_l / alpha``) holds for ``L = 3s + 2`` only in
+  that case; in general it reads ``sum_l Theta_l(x', X) Theta_l^{-1} W_l e_0 / alpha`` with the
+  maps ``W_l`` of :func:`btd_layer_maps`.  ``P`` and ``I - P = (S_1 + S_2)^{-1} S_1`` are
+  invertible, so in the damped limit exactly the layers ``l != 0 (mod 3)`` move.  For a
   non-singular ``T`` the limit is ``c_l I`` for every choice of ``Theta_l`` (at any width).
 
 Public API
@@ -124,7 +128,7 @@ def _as_layers(L, argument: str = "L"):
 
 
 def _to_trig(expr: sp.Expr, var: sp.Symbol) -> sp.Expr:
-    """Rewrite ``b**var`` (complex ``b``) as ``|b|**var exp(i arg(b) var)`` and simplify to real form."""
+    """Rewrite ``b**var`` (complex ``b``) as ``|b|**var exp(i arg(b) var)``; simplify to real form."""
 
     def polar(power):
         base = power.base
@@ -145,7 +149,7 @@ def _period(expr: sp.Expr, var: sp.Symbol, max_period: int = 12) -> int:
 
 
 def _residue_modulus(residues: set[int], period: int) -> tuple[int, tuple[int, ...]]:
-    """Coarsest modulus ``q | period`` such that ``residues`` (mod period) is a union of classes mod q."""
+    """Coarsest ``q | period`` such that ``residues`` (mod period) is a union of classes mod q."""
     for q in range(1, period + 1):
         if period % q == 0 and all(((k + q) % period in residues) for k in residues):
             return q, tuple(sorted({k % q for k in residues}))
@@ -186,7 +190,7 @@ def tridiagonal_ones(L, diagonal=1, off_diagonal=1) -> sp.Matrix:
 
 # --------------------------------------------------------------- the determinant of T
 def _cofactor_coefficients(size: int) -> tuple[sp.Expr, sp.Expr]:
-    """Coefficients ``(p, q)`` with ``det A_n = p det A_{n-1} + q det A_{n-2}`` by cofactor expansion.
+    """``(p, q)`` with ``det A_n = p det A_{n-1} + q det A_{n-2}``, by cofactor expansion.
 
     ``A_n`` is the tri-diagonal Toeplitz matrix (diagonal ``d``, off-diagonal ``e``) of size
     ``n = size``.  Expansion along the last row: the entry ``A[n-1, n-1] = d`` has minor
@@ -262,8 +266,8 @@ def determinant_closed_form(L=LAYERS):
 def is_singular(L=LAYERS):
     """Whether ``T_L`` is singular.
 
-    For an integer ``L`` this is the exact determinant (``det T == 0`` over the rationals); for a symbolic ``L``
-    the derived condition ``Mod(L, 3) = 2`` (zeros of :func:`determinant_closed_form` over
+    For an integer ``L`` this is the exact determinant (``det T == 0`` over the rationals); for
+    a symbolic ``L`` the derived condition ``Mod(L, 3) = 2`` (zeros of :func:`determinant_closed_form` over
     its period).
 
     >>> [k for k in range(1, 12) if is_singular(k)]
@@ -387,7 +391,7 @@ def _exact(matrix: sp.Matrix) -> DomainMatrix:
 
 @functools.lru_cache(maxsize=64)
 def _solutions_of_T_x_ones(L: int) -> tuple[sp.ImmutableMatrix, tuple[sp.ImmutableMatrix, ...]]:
-    """A particular solution of ``T x = 1`` (free variables 0) and a basis of ``null(T)``, exactly."""
+    """A particular solution of ``T x = 1`` (free variables 0) and a basis of ``null(T)``."""
     T = _exact(tridiagonal_ones(L))
     ones = _exact(sp.ones(L, 1))
     reduced, pivots = T.hstack(ones).rref()
@@ -488,7 +492,10 @@ def btd_alpha(L=LAYERS, form: str = "piecewise"):
             raise ArithmeticError("alpha(L) != ceiling(L/3)")  # pragma: no cover
         return sp.ceiling(L / 3)
     pieces = [
-        (sp.expand(case.alpha_s.subs(_s, (L - case.residue) / 3)), sp.Eq(sp.Mod(L, 3), case.residue))
+        (
+            sp.expand(case.alpha_s.subs(_s, (L - case.residue) / 3)),
+            sp.Eq(sp.Mod(L, 3), case.residue),
+        )
         for case in _derivation().cases
     ]
     pieces[-1] = (pieces[-1][0], True)
@@ -673,9 +680,11 @@ def derivation_steps() -> list[tuple[str, sp.Basic]]:
                                 for n_k, zk in zip(case.counts, z_period)], evaluate=False),
                        case.z_dot_ones, evaluate=False)),
                 ("  ||c||^2 (minimised by the pseudo-inverse)", case.norm2_s),
-                ("  damped limit (T + eps diag(e_l))^{-1} 1: z^T E c = 0, S_k = sum_{l=k mod 3} e_l",
+                ("  damped limit (T + eps diag(e_l))^{-1} 1: z^T E c = 0, "
+                 "S_k = sum_{l=k mod 3} e_l",
                  sp.Eq(_a, case.damped_a)),
-                ("  E = I (rho -> 0 of (T + rho I)^{-1} 1) = min-norm = T^+ 1", sp.Eq(_a, case.a_value)),
+                ("  E = I (rho -> 0 of (T + rho I)^{-1} 1) = min-norm = T^+ 1",
+                 sp.Eq(_a, case.a_value)),
             ]
         else:
             steps.append(("  hence", sp.Eq(_a, case.a_value)))

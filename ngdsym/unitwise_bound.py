@@ -41,10 +41,10 @@ implied by ``eta <= 2 rho / A^2``).  With ``R = max_{t < T} ||e_t||``::
     sup_{t <= T} ||f_t - f^lin_t||_2 <= sqrt(N) b(T; R),
     b(T; R) = eta^2 A^3 R^2 (T^2 - T/2 + A^2 T (T - 1) / rho) / (rho^2 sqrt(M)).
 
-A priori version: if (H1)-(H2) hold on the ball of radius ``D = 2 eta A R_0 T / rho``
+A priori version: under (H3), if (H1)-(H2) hold on the ball of radius ``D = 2 eta A R_0 T / rho``
 around ``theta_0``, ``||e_0|| <= R_0`` and the width condition ``b(T; 2 R_0) <= R_0``
 holds, then every iterate stays in that ball, ``R <= 2 R_0``, and the bound holds with
-``R = 2 R_0``.
+``R = 2 R_0`` (induction on ``t``: ``||e_t|| <= ||e^lin_t|| + ||d_t|| <= R_0 + b(T; 2 R_0)``).
 
 Consequences, under ``A >= 1``, ``0 < rho <= 1``:
 
@@ -116,7 +116,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- symbols
-def _pos(name, latex=None):
+def _pos(name):
     return sp.Symbol(name, positive=True)
 
 
@@ -439,7 +439,7 @@ def unit_wise_bound() -> UnitWiseBound:
 
     # 9. mean-value Jacobian of the step: Jbar_t = int_0^1 Jn(theta_t + u (theta_{t+1} - theta_t)) du
     seg_local = A / sqM * sp.integrate((1 - u) * Q.S_t + u * Q.S_next, (u, 0, 1))
-    seg_bound = add("segment_drift", r"\|\bar J_t - \tilde J_0\|", seg_local,
+    add("segment_drift", r"\|\bar J_t - \tilde J_0\|", seg_local,
                     seg_local.subs({Q.S_t: S_t, Q.S_next: S_t.subs(t, t + 1)}),
                     r"$\bar J_t = \int_0^1 \tilde J(\theta_t + u (\theta_{t+1} - \theta_t))\, du$; (H2) on the "
                     r"segment ($B$ convex) and $\|\theta_t + u(\theta_{t+1} - \theta_t) - \theta_0\| \le "
@@ -604,8 +604,7 @@ def _math(expr, style):
     if style == "text":
         shown = sp.sympify(expr).subs({q: sp.Symbol(d[1]) for q, d in _DISPLAY.items()})
         return sp.sstr(shown)
-    shown = sp.sympify(expr).subs({q: sp.Symbol(d[0]) for q, d in _DISPLAY.items()})
-    return "$" + sp.latex(shown) + "$"
+    return "$" + sp.latex(sp.sympify(expr), symbol_names={q: d[0] for q, d in _DISPLAY.items()}) + "$"
 
 
 def _prose(text, style):
@@ -638,7 +637,7 @@ def _render(thm: UnitWiseBound, style: str) -> str:
     ]
     conclusion = (r"$\sup_{t \le T} \|f_t - f^{\mathrm{lin}}_t\|_2 = \sqrt{N} \sup_{t \le T} \|d_t\| \le \sqrt{N}\, b(T; R)$, "
                   r"$b(T; R) =$ " + m(F["bound"]) + ".")
-    a_priori = (r"A priori: if $\|e_0\| \le R_0$, (H1)-(H2) hold on the ball of radius $D =$ " + m(C["radius"])
+    a_priori = (r"A priori: under (H3), if $\|e_0\| \le R_0$, (H1)-(H2) hold on the ball of radius $D =$ " + m(C["radius"])
                 + r" around $\theta_0$, and the width condition " + m(C["width"]) + r" holds (i.e. $M \ge$ "
                 + m(C["min_width"]) + r"), then all iterates stay in the ball, $R \le 2 R_0$ and "
                 r"$\sup_{t \le T} \|f_t - f^{\mathrm{lin}}_t\|_2 \le$ " + m(F["a_priori_l2"]) + ".")

@@ -32,9 +32,15 @@ before each large allocation and the batched work is chunked to bound it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
+
+try:  # optional: only a speed-up (see _serial_blas)
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover - depends on the environment
+    _threadpool_limits = None
 
 from ngdsym.methods import KFACDamping
 
@@ -56,6 +62,23 @@ CHUNK_BYTES = 1 << 27  # 128 MiB: large enough for BLAS efficiency, small next t
 
 
 # --------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _serial_blas():
+    """Run BLAS on one thread (when ``threadpoolctl`` is installed).
+
+    The unit-wise methods make one batched LAPACK call on thousands of small
+    (``N C x N C``) matrices; OpenBLAS threads inside each small factorisation
+    only synchronise, which made batched ``eigh`` 10-20x slower than on one
+    thread (measured on a loaded 2-core machine).  Parallelism across units is
+    what would help, and numpy does not offer it.
+    """
+    if _threadpool_limits is None:
+        yield
+        return
+    with _threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _sizes(feat: Features) -> tuple[int, int, np.dtype]:
     n, C = feat.outputs.shape
     return n, C, feat.outputs.dtype
@@ -362,7 +385,7 @@ def _unit_eigh(T):
 
 
 def unit_wise_kernel(feat: Features, feat2: Features, damping: float) -> np.ndarray:
-    """Unit-wise NGD kernel ``sum_{l,i} Theta_{l,i}(X2, X) (Theta_{l,i} + N rho)^{-1}`` (theory.md section 2).
+    """Unit-wise NGD kernel ``sum_{l,i} Theta_{l,i}(X2, X) (Theta_{l,i} + N rho)^{-1}`` (theory.md 2).
 
     Unit ``(l, i)`` owns row ``i`` of ``[W_l | b_l]``; its Jacobian rows are
     ``delta_{l,c,i}(x_n) Hbar_{l-1}[n]`` so its Gram is
@@ -403,37 +426,47 @@ def unit_wise_kernel(feat: Features, feat2: Features, damping: float) -> np.ndar
     require_memory(itemsize * 2 * n2c * nc, f"unit_wise_kernel with N = {n}, N2 = {n2}, C = {C}",
                    "use fewer inputs X, X2 or outputs C")
     K_t = np.zeros((nc, n2c), dtype=dtype)  # accumulates sum_i (Theta_i + N rho)^+ Theta_i(X, X2)
-    for k in range(feat.depth):
-        m = feat.delta[k].shape[2]
-        dT = feat.delta[k].reshape(nc, m).T
-        H = feat.hbar[k]
-        Q_b = broadcast_outputs(H @ H.T, C)
-        if same:
-            d2T, Q2_b = None, None
-        else:
-            d2T = feat2.delta[k].reshape(n2c, m).T
-            Q2_b = broadcast_outputs(feat2.hbar[k] @ H.T, C)
-        # Per unit: its Gram, a factorisation-sized workspace and the cross Gram / solution.
-        per_unit = itemsize * (4 * nc * nc + 3 * n2c * nc)
-        step = _chunk(per_unit, m)
-        require_memory(step * per_unit,
-                       f"unit_wise_kernel, layer {k + 1}: {step} units x ({nc} x {nc}) Grams "
-                       f"(N = {n}, N2 = {n2}, C = {C}, M_{k + 1} = {m})",
-                       "use fewer inputs X, X2 or outputs C")
-        for start in range(0, m, step):
-            units = slice(start, min(m, start + step))
-            T, T2 = _unit_grams(dT[units], Q_b, None if same else d2T[units], Q2_b)
-            if damping > 0:
-                rhs = T if same else T2.transpose(0, 2, 1)  # Theta_i(X, X2) (T is symmetric)
-                A = T + (n * damping) * np.eye(nc, dtype=dtype)
-                K_t += np.linalg.solve(A, rhs).sum(axis=0)
-            else:
-                U, inverse, keep = _unit_eigh(T)
-                if same:  # Theta_i^+ Theta_i is the projection onto the kept eigenvectors
-                    K_t += ((U * keep[:, None, :]) @ U.transpose(0, 2, 1)).sum(axis=0)
-                else:  # Theta_i^+ Theta_i(X, X2) = U diag(1/values) (Theta_i(X2, X) U)^T
-                    K_t += ((U * inverse[:, None, :]) @ (T2 @ U).transpose(0, 2, 1)).sum(axis=0)
+    with _serial_blas():
+        for k in range(feat.depth):
+            _unit_wise_kernel_layer(feat, feat2, k, damping, same, K_t)
     return np.ascontiguousarray(K_t.T)
+
+
+def _unit_wise_kernel_layer(feat, feat2, k, damping, same, K_t):
+    """Add layer ``k``'s ``sum_i (Theta_i + N rho)^+ Theta_i(X, X2)`` to ``K_t`` (``N C x N2 C``)."""
+    n, C, dtype = _sizes(feat)
+    n2 = feat2.outputs.shape[0]
+    nc, n2c = n * C, n2 * C
+    itemsize = dtype.itemsize
+    m = feat.delta[k].shape[2]
+    dT = feat.delta[k].reshape(nc, m).T
+    H = feat.hbar[k]
+    Q_b = broadcast_outputs(H @ H.T, C)
+    if same:
+        d2T, Q2_b = None, None
+    else:
+        d2T = feat2.delta[k].reshape(n2c, m).T
+        Q2_b = broadcast_outputs(feat2.hbar[k] @ H.T, C)
+    # Per unit: its Gram, a factorisation-sized workspace and the cross Gram / solution.
+    per_unit = itemsize * (4 * nc * nc + 3 * n2c * nc)
+    step = _chunk(per_unit, m)
+    require_memory(step * per_unit,
+                   f"unit_wise_kernel, layer {k + 1}: {step} units x ({nc} x {nc}) Grams "
+                   f"(N = {n}, N2 = {n2}, C = {C}, M_{k + 1} = {m})",
+                   "use fewer inputs X, X2 or outputs C")
+    for start in range(0, m, step):
+        units = slice(start, min(m, start + step))
+        T, T2 = _unit_grams(dT[units], Q_b, None if same else d2T[units], Q2_b)
+        if damping > 0:
+            rhs = T if same else T2.transpose(0, 2, 1)  # Theta_i(X, X2) (T is symmetric)
+            A = T + (n * damping) * np.eye(nc, dtype=dtype)
+            K_t += np.linalg.solve(A, rhs).sum(axis=0)
+        else:
+            U, inverse, keep = _unit_eigh(T)
+            if same:  # Theta_i^+ Theta_i is the projection onto the kept eigenvectors
+                K_t += ((U * keep[:, None, :]) @ U.transpose(0, 2, 1)).sum(axis=0)
+            else:  # Theta_i^+ Theta_i(X, X2) = U diag(1/values) (Theta_i(X2, X) U)^T
+                K_t += ((U * inverse[:, None, :]) @ (T2 @ U).transpose(0, 2, 1)).sum(axis=0)
 
 
 def unit_wise_update(feat: Features, residual: np.ndarray, damping: float) -> list:
@@ -482,18 +515,19 @@ def unit_wise_update(feat: Features, residual: np.ndarray, damping: float) -> li
                        f"unit_wise_update, layer {k + 1}: {step} units x ({nc} x {nc}) Grams "
                        f"(N = {n}, C = {C}, M_{k + 1} = {m})", "use fewer inputs X or outputs C")
         weights = np.empty((m, n), dtype=dtype)  # weights[i, n] = sum_c z_i[n, c] delta[n, c, i]
-        for start in range(0, m, step):
-            units = slice(start, min(m, start + step))
-            T, _ = _unit_grams(dT[units], Q_b)
-            if damping > 0:
-                T += (n * damping) * np.eye(nc, dtype=dtype)
-                # a contiguous right-hand side: numpy's batched solve is much slower on a stride-0 view
-                rhs = np.repeat(r[None, :, None], T.shape[0], axis=0)
-                z = np.linalg.solve(T, rhs)[..., 0]
-            else:
-                U, inverse, _ = _unit_eigh(T)
-                z = (U @ (inverse * (r @ U))[..., None])[..., 0]  # Theta_i^+ r
-            weights[units] = (z * dT[units]).reshape(-1, n, C).sum(axis=2)
+        with _serial_blas():  # batched small factorisations: see _serial_blas
+            for start in range(0, m, step):
+                units = slice(start, min(m, start + step))
+                T, _ = _unit_grams(dT[units], Q_b)
+                if damping > 0:
+                    T += (n * damping) * np.eye(nc, dtype=dtype)
+                    # contiguous: batched solve is slow on a stride-0 view
+                    rhs = np.repeat(r[None, :, None], T.shape[0], axis=0)
+                    z = np.linalg.solve(T, rhs)[..., 0]
+                else:
+                    U, inverse, _ = _unit_eigh(T)
+                    z = (U @ (inverse * (r @ U))[..., None])[..., 0]  # Theta_i^+ r
+                weights[units] = (z * dT[units]).reshape(-1, n, C).sum(axis=2)
         updates.append(_split(weights @ H))
     return updates
 

@@ -45,8 +45,9 @@ def _relu_prime(u):
 
 
 def _tanh_prime(u):
-    t = np.tanh(u)
-    return 1 - t * t
+    # sech^2(u) without the cancellation of 1 - tanh(u)^2 in saturated units
+    e = np.exp(-2 * np.abs(u))
+    return 4 * e / (1 + e) ** 2
 
 
 def _erf_prime(u):

@@ -241,7 +241,9 @@ class DeviationMeasurement:
     linearization_errors : ``(steps,)`` ``||E_t e_t||``.
     kernel_max_eigenvalue : ``lambda_max(K_0)``.
     lipschitz_ratios : ``sqrt(M) ||Jn(p) - Jn(q)|| / ||p - q||`` over the pairs used.
-    A : the estimate ``A_hat`` (>= 1).  R : ``max_{t<T} ||e_t||``.  R_0 : ``||e_0||``.
+    A : ``max(1, A_estimate)``, the constant used in the bounds.
+    A_estimate : the largest Jacobian norm and Lipschitz ratio seen (``A_hat`` before the floor at 1).
+    R : ``max_{t<T} ||e_t||``.  R_0 : ``||e_0||``.
     bound : ``sqrt(N) b(T; R)`` (a posteriori).  bound_a_priori : ``sqrt(N) b(T; 2 R_0)``.
     bound_safe_rate, bound_paper : the theorem's ``sqrt(N)`` safe-rate and ``C A^3 rho^-6 / sqrt(M)``
         forms (a priori, ``R = 2 R_0``); meaningful when ``hypotheses["safe_learning_rate"]``.
@@ -273,6 +275,7 @@ class DeviationMeasurement:
     kernel_max_eigenvalue: float
     lipschitz_ratios: np.ndarray
     A: float
+    A_estimate: float
     R: float
     R_0: float
     deviation: float
@@ -500,7 +503,8 @@ def measure_deviation(net, X, Y, lr, damping, steps, *, midpoints=True, progress
     dev_norms = sqrt_n * np.linalg.norm(e - e_lin, axis=1)
     lin_err = np.linalg.norm((e[:-1] - e[1:]) / lr - e[:-1] @ K0.T, axis=1)
     lipschitz = np.asarray(ratios, dtype=float)
-    A = max(1.0, float(jac_norms.max()), float(max(extra_norms, default=0.0)), float(lipschitz.max(initial=0.0)))
+    A_estimate = max(float(jac_norms.max()), float(max(extra_norms, default=0.0)), float(lipschitz.max(initial=0.0)))
+    A = max(1.0, A_estimate)
     R = float(np.linalg.norm(e[:-1], axis=1).max())
     R_0 = float(np.linalg.norm(e[0]))
 
@@ -524,7 +528,7 @@ def measure_deviation(net, X, Y, lr, damping, steps, *, midpoints=True, progress
         step_norms=step_norms, path_lengths=np.concatenate([[0.0], np.cumsum(step_norms)]),
         displacements=displacements, jacobian_norms=jac_norms, jacobian_drifts=jac_drifts,
         fisher_drifts=fisher_drifts, preconditioner_drifts=precond_drifts, linearization_errors=lin_err,
-        kernel_max_eigenvalue=kernel_max, lipschitz_ratios=lipschitz, A=A, R=R, R_0=R_0,
+        kernel_max_eigenvalue=kernel_max, lipschitz_ratios=lipschitz, A=A, A_estimate=A_estimate, R=R, R_0=R_0,
         deviation=float(dev_norms.max()), bound=float(bound), bound_a_priori=float(math.sqrt(n) * a_priori),
         bound_safe_rate=float(thm.evaluate("safe_rate_l2", **values)),
         bound_paper=float(thm.evaluate("paper", **values)),

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.linalg import block_diag
 
@@ -123,13 +123,15 @@ def kept_condition(M):
 
 def dense_kernel(feat, feat2, method, rho, kfac_damping=None):
     n = feat.outputs.shape[0]
-    return jacobian(feat2) @ dense_inverse(damped_fhat(feat, method, rho, kfac_damping), rho) @ jacobian(feat).T / n
+    inverse = dense_inverse(damped_fhat(feat, method, rho, kfac_damping), rho)
+    return jacobian(feat2) @ inverse @ jacobian(feat).T / n
 
 
 def dense_update(feat, r, method, rho, kfac_damping=None):
     """``(F_hat + rho I)^{-1} J^T r / N`` split into ``(dW_l, db_l)``."""
     n = feat.outputs.shape[0]
-    theta = dense_inverse(damped_fhat(feat, method, rho, kfac_damping), rho) @ (jacobian(feat).T @ r.ravel()) / n
+    inverse = dense_inverse(damped_fhat(feat, method, rho, kfac_damping), rho)
+    theta = inverse @ (jacobian(feat).T @ r.ravel()) / n
     out, start = [], 0
     for d, h in zip(feat.delta, feat.hbar):
         m, m_in = d.shape[2], h.shape[1]
@@ -167,8 +169,11 @@ def fast_update(feat, r, method, rho, kfac_damping=None):
     return approx.diagonal_update(feat, r, rho)
 
 
-def rel_err(a, b):
-    return np.abs(a - b).max() / np.abs(b).max()
+def rel_err(a, b, scale=None):
+    """``max|a - b| / scale`` (default ``max|b|``); 0 when both vanish (e.g. all ReLUs off)."""
+    scale = np.abs(b).max() if scale is None else scale
+    diff = np.abs(a - b).max()
+    return 0.0 if diff == 0 else diff / scale
 
 
 def exact_ngd_kernel(feat, rho):
@@ -208,7 +213,6 @@ def test_zero_damping_is_the_pseudo_inverse(net_args, method, kfac_damping):
     assert rel_err(flat(update), flat(dense_update(feat, r, method, 0.0, kfac_damping))) <= tol
 
 
-@settings(max_examples=15)
 @given(problem=regression_problems(n_samples=(1, 5), n_test=(1, 3), depth=(1, 3), width=(1, 10),
                                    max_params=250),
        variant=st.sampled_from(VARIANTS), log_rho=st.floats(-3, 0))
@@ -222,7 +226,9 @@ def test_fast_paths_equal_dense_on_random_problems(problem, variant, log_rho):
     cond = np.linalg.cond(damped_fhat(feat, method, rho, kfac_damping))
     tol = max(1e-9, 1e3 * EPS * cond)
     K2 = fast_kernel(feat, feat2, method, rho, kfac_damping)
-    assert rel_err(K2, dense_kernel(feat, feat2, method, rho, kfac_damping)) <= tol
+    # relative to the training kernel: the cross kernel can vanish (ReLU units off at X2)
+    scale = np.abs(dense_kernel(feat, feat, method, rho, kfac_damping)).max()
+    assert rel_err(K2, dense_kernel(feat, feat2, method, rho, kfac_damping), scale) <= tol
     update = fast_update(feat, r, method, rho, kfac_damping)
     assert rel_err(flat(update), flat(dense_update(feat, r, method, rho, kfac_damping))) <= tol
 
@@ -271,7 +277,8 @@ def test_one_layer_kfac_and_unit_wise_are_exact_ngd(n_outputs, rho):
     exact = exact_ngd_kernel(feat, rho)
     assert rel_err(approx.kfac_kernel(feat, feat, rho, KFACDamping.EXACT), exact) <= 1e-10
     assert rel_err(approx.unit_wise_kernel(feat, feat, rho), exact) <= 1e-10
-    assert rel_err(approx.kfac_kernel(feat, feat, rho, KFACDamping.FACTORS), exact_ngd_kernel(feat, s) / (1 + s)) <= 1e-10
+    factors = approx.kfac_kernel(feat, feat, rho, KFACDamping.FACTORS)
+    assert rel_err(factors, exact_ngd_kernel(feat, s) / (1 + s)) <= 1e-10
     exact_update = flat(dense_update(feat, r, Method.EXACT, rho))
     assert rel_err(flat(approx.kfac_update(feat, r, rho, KFACDamping.EXACT)), exact_update) <= 1e-10
     assert rel_err(flat(approx.unit_wise_update(feat, r, rho)), exact_update) <= 1e-10

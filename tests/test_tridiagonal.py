@@ -79,7 +79,8 @@ def test_cofactor_recurrence_matches_sympy_determinants(size):
     rec = determinant_recurrence(generic=True)
     dets = {k: tridiagonal_ones(k, d, e).det() for k in (size - 2, size - 1, size)}
     D, n = sp.Function("D"), sp.Symbol("n", integer=True)
-    predicted = rec.rhs.subs(n, size).subs({D(size - 1): dets[size - 1], D(size - 2): dets[size - 2]})
+    previous = {D(size - 1): dets[size - 1], D(size - 2): dets[size - 2]}
+    predicted = rec.rhs.subs(n, size).subs(previous)
     assert sp.expand(dets[size] - predicted) == 0
 
 
@@ -147,8 +148,10 @@ def test_alpha_is_ceiling_symbolically(r):
 
 def test_symbolic_weights_resolve_for_each_residue():
     w = btd_weights()
-    # L = 3s: layers 2, 5, ... (weight 1); 3s + 1: layers 1, 4, ...; 3s + 2: weight 1/2 on l != 0 mod 3
-    patterns = {r: [w.subs({LAYERS: 3 * s + r, LAYER: 3 * s + k}) for k in (1, 2, 3)] for r in range(3)}
+    # L = 3s: layers 2, 5, ... (weight 1); 3s + 1: layers 1, 4, ...; 3s + 2: 1/2 on l != 0 mod 3
+    patterns = {
+        r: [w.subs({LAYERS: 3 * s + r, LAYER: 3 * s + k}) for k in (1, 2, 3)] for r in range(3)
+    }
     exact = {r: list(btd_weights(6 + r)[3:6]) for r in range(3)}  # layers 4, 5, 6 of a concrete L
     assert patterns == exact
 
@@ -236,6 +239,24 @@ def _min_metric_norm(kernels):
     return sol[: L * n].reshape(L, n, n)
 
 
+def _range_basis_formula(kernels):
+    """``Theta_D R (R^T Theta_D R)^{-1} R^T (c (x) I)``, ``R = U (x) I``, ``U`` spans range(T).
+
+    ``Theta_D^{-1} x = (G Theta_D + eps)^{-1} G (c (x) I) -> R (R^T Theta_D R)^{-1} R^T (c (x) I)``
+    for ``G = T (x) I`` symmetric and ``Theta_D`` positive definite (the form ngdsym.derive uses).
+    """
+    L, n, _ = kernels.shape
+    T = tridiagonal_ones(L)
+    U = np.array(sp.Matrix.hstack(*T.columnspace()), dtype=np.float64)
+    R = np.kron(U, np.eye(n))
+    theta_D = np.zeros((L * n, L * n))
+    for l, k in enumerate(kernels):
+        theta_D[l * n:(l + 1) * n, l * n:(l + 1) * n] = k
+    c = np.array(btd_weights(L), dtype=np.float64)
+    x = theta_D @ R @ np.linalg.solve(R.T @ theta_D @ R, R.T @ np.kron(c, np.eye(n)))
+    return x.reshape(L, n, n)
+
+
 @pytest.mark.parametrize("L", [3, 4, 5, 8])
 def test_layer_maps_against_dense_damped_solve(L):
     n = 4
@@ -245,6 +266,7 @@ def test_layer_maps_against_dense_damped_solve(L):
     # training-set kernel limit is alpha I for any kernels (float64 identity)
     np.testing.assert_allclose(maps.sum(0), alpha * np.eye(n), atol=1e-10)
     np.testing.assert_allclose(maps, _min_metric_norm(kernels), atol=1e-8)
+    np.testing.assert_allclose(maps, _range_basis_formula(kernels), atol=1e-10)
     # the damped solve converges to the maps linearly in eps
     errors = [np.abs(_dense_damped(kernels, eps) - maps).max() for eps in (1e-3, 1e-5)]
     assert errors[1] < 1e-3
@@ -257,8 +279,8 @@ def test_layer_maps_against_dense_damped_solve(L):
         assert np.abs(maps[0] - 0.5 * np.eye(n)).max() > 1e-3
         # and equals it when all kernels are equal
         equal = btd_layer_maps(np.stack([kernels[0]] * L))
-        np.testing.assert_allclose(equal, np.array(btd_weights(L), dtype=float)[:, :, None] * np.eye(n),
-                                   atol=1e-10)
+        pinv_weights = np.array(btd_weights(L), dtype=float)[:, :, None] * np.eye(n)
+        np.testing.assert_allclose(equal, pinv_weights, atol=1e-10)
     else:
         c = np.array(btd_weights(L), dtype=np.float64)
         np.testing.assert_allclose(maps, c[:, :, None] * np.eye(n), atol=1e-12)

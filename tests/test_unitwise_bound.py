@@ -298,3 +298,20 @@ def test_bad_input(kwargs, match):
     X = np.ones((2, 3))
     with pytest.raises(ValueError, match=match):
         measure_deviation(net, X, np.zeros((2, net.n_outputs)), **args)
+
+
+# ========================================================== derivation script
+def test_derivation_script(tmp_path, capsys):
+    from derivations import unitwise_bound as script
+
+    code = script.main(["--quick", "--widths", "32,64", "--rhos", "0.5", "--steps", "3", "--out", str(tmp_path),
+                        "--no-progress", "--no-midpoints"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Theorem" in out and "| M |" in out
+    data = json.loads((tmp_path / "unitwise_bound.json").read_text())
+    assert [row["M"] for row in data["table"]] == [32, 64] and not data["violations"]
+    assert all(run["deviation"] <= run["bound"] for run in data["runs"])
+    assert (tmp_path / "unitwise_bound_theorem.tex").read_text().startswith(r"\begin{theorem}")
+    with pytest.raises(SystemExit):
+        script.main(["--rhos", "0,1"])
