@@ -15,7 +15,10 @@ Two tables:
    largest width the dense reference accepts (``P <= reference.MAX_PARAMS``), with
    the fast/dense time ratio.
 
-Times are the best of ``--repeat`` runs (wall clock, ``time.perf_counter``).
+Times are the best of ``--repeat`` runs (wall clock, ``time.perf_counter``).  On a
+shared or small machine, multi-threaded OpenBLAS (NumPy and SciPy each bundle one)
+makes small ``N x N`` factorisations 10-100x slower than single-threaded; run with
+``OPENBLAS_NUM_THREADS=1`` for stable figures (the value in effect is recorded).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import time
 
@@ -98,11 +102,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     results = {"config": vars(args), "python": platform.python_version(), "numpy": np.__version__,
+               "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"), "cpus": os.cpu_count(),
                "fast": [], "comparison": []}
 
     net, X, Y = make_problem(args.n, args.width, args.depth, args.input_dim, args.activation)
     print(f"fast routines: N = {args.n}, M = {args.width}, L = {args.depth}, C = 1, "
-          f"{args.activation}, P = {net.n_params}, damping = {args.damping:g}, best of {args.repeat}")
+          f"{args.activation}, P = {net.n_params}, damping = {args.damping:g}, best of {args.repeat}, "
+          f"OPENBLAS_NUM_THREADS = {results['OPENBLAS_NUM_THREADS']}")
     print(f"  dense reference not run here: one P x P matrix alone is {8 * net.n_params**2 / 1e12:.1f} TB")
     print(f"  {'routine':<24}{'method':<20}{'seconds':>10}")
     for routine, method, seconds in time_fast(net, X, Y, args.damping, args.repeat):

@@ -75,6 +75,7 @@ class Context:
         self.X, self.Y, self.X_test, self.Y_test = X, Y, X_test, Y_test
         self._inf = {}
         self._derivations = {}
+        self.not_isotropic = {}  # method -> why alpha_value refused this structure
 
     # infinite-width kernels, orientation (N2*C, N*C) rows = X2 (API.md)
     def infinite(self, which: str = "train"):
@@ -104,11 +105,16 @@ class Context:
         return self._derivations[key]
 
     def alpha(self, method: Method, M: int) -> float | None:
-        """``alpha`` at width ``M`` (``None`` for a non-isotropic method)."""
+        """``alpha`` at width ``M`` (``None`` for a method not isotropic here; the
+        derivation's reason is kept in :attr:`not_isotropic`)."""
         d = self.derivation(method)
         if getattr(d, "alpha", None) is None:
             return None
-        return float(d.alpha_value(**self.setup.structure(M)))
+        try:
+            return float(d.alpha_value(**self.setup.structure(M)))
+        except ValueError as exc:  # e.g. a rank condition of this structure fails
+            self.not_isotropic[Method.parse(method)] = str(exc)
+            return None
 
     def limit(self, method: Method, M: int) -> np.ndarray:
         """The infinite-width, ``rho -> 0`` kernel on the training set at width ``M``.
@@ -216,8 +222,8 @@ def measure_training(net, ctx: Context, method: Method, M: int, keep_curves: boo
         lr = factor / alpha
         traj = train(net, ctx.X, ctx.Y, method, lr, cfg.damping, cfg.steps, ctx.X_test, ctx.Y_test,
                      kfac_damping=cfg.kfac_damping)
-        factor = dynamics.residual_factor(ctx.concrete(method, M), lr, cfg.steps)
-        err, theory_loss = dynamics.residual_error(traj, ctx.Y, factor)
+        c_t = dynamics.residual_factor(ctx.concrete(method, M), lr, cfg.steps)
+        err, theory_loss = dynamics.residual_error(traj, ctx.Y, c_t)
         if factor == 1.0:
             out["dynamics_error"] = err
         if keep_curves:

@@ -116,8 +116,9 @@ def run_digits(width=4096, steps=3, methods=DEFAULT_METHODS, seed=0, data_seed=0
         t0 = time.perf_counter()
         alpha = ctx.alpha(m, width)
         if alpha is None:
+            reason = ctx.not_isotropic.get(m, "the derivation gives no alpha")
             checks.append(Check(f"digits: {m.label}", True, "skipped", "isotropic method",
-                                "not isotropic: no lr = 1/alpha"))
+                                f"not isotropic on this data, no lr = 1/alpha: {reason}"))
             continue
         lr = 1.0 / alpha
         traj = train(net, X, Y, m, lr, damping, steps, X_test, Y_test, kfac_damping=kfac_damping)

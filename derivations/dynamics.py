@@ -95,7 +95,7 @@ def judge_training(res, ctx, quantity: str, prefix: str, criterion: str) -> list
             continue  # not isotropic, or training disabled
         name = f"{prefix}: {m.label}"
         reason = training_not_applicable(m)
-        c = judge_convergence(name, ctx.config.widths, e, ctx.config.criteria)
+        c = judge_convergence(name, ctx.config.widths, e, ctx.config.criteria, upper_bound=True)
         c.criterion = criterion + c.criterion
         if reason is not None:
             c = Check(name, True, "skipped", c.criterion,

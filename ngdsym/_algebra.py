@@ -19,7 +19,7 @@ expressions (the numeric hooks of a :class:`~ngdsym.derivation.Derivation`).
 >>> K = J * (J.T * J / N + rho * sp.Identity(5)).I * J.T / N
 >>> K2, cond = push_through(K)
 >>> K2
-J*J.T*(N*rho*I + J*J.T)**(-1)
+J*J.T*((N*rho)*I + J*J.T)**(-1)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
     "N", "C", "N2", "rho", "eta", "t", "alpha", "layer", "L_default",
     "layer_matrix", "LayerSum", "PseudoInverse", "PushThroughNotApplicable",
     "push_through", "replace_grams", "cancel_inverse_runs", "rho_to_zero", "spectral_limit",
-    "isotropy_constant", "evaluate", "latex", "verify_push_through",
+    "isotropy_constant", "evaluate", "latex", "latex_text", "verify_push_through",
 ]
 
 #: Number of training samples, outputs and test samples.
@@ -172,6 +172,17 @@ class _Printer(LatexPrinter):
 def latex(expr) -> str:
     """LaTeX of a SymPy expression, with layer matrices printed as subscripts."""
     return _Printer().doprint(expr)
+
+
+def latex_text(text: str) -> str:
+    r"""Escape plain text for ``\text{...}`` (one pass, so escapes are not re-escaped).
+
+    >>> latex_text("N C <= M_l, 1^T T^+ 1")
+    'N C <= M\\_l, 1\\^{}T T\\^{}+ 1'
+    """
+    table = {"\\": r"\textbackslash{}", "_": r"\_", "^": r"\^{}", "{": r"\{", "}": r"\}",
+             "#": r"\#", "%": r"\%", "&": r"\&", "$": r"\$"}
+    return text.strip().translate(str.maketrans(table))
 
 
 # ----------------------------------------------------------------------------------------

@@ -155,6 +155,7 @@ class Derivation:
     learning_rate: LearningRate | None = None
     test_predictor: Any = None
     _series: Any = None  # sum_{s<t} eta (1 - alpha eta)^s = kappa_t / alpha (isotropic)
+    _train_kernel: Any = None  # training-set limit without rank assumptions (kernel_limit)
     _input: tuple = ()  # (method, _Structure) it was derived from
 
     # ------------------------------------------------------------------ rendering
@@ -182,13 +183,15 @@ class Derivation:
 
     def latex(self) -> str:
         """LaTeX rendering (an ``align*`` body) of the results and conditions."""
+        tx = alg.latex_text  # plain text inside \text{} must be escaped (_, ^, ...)
         lines = []
         for k, v in self._summary():
-            body = r"\text{%s}" % v if isinstance(v, str) else alg.latex(v)
-            lines.append(r"\text{%s} &: %s" % (k, body))
+            body = r"\text{%s}" % tx(v) if isinstance(v, str) else alg.latex(v)
+            lines.append(r"\text{%s} &: %s" % (tx(k), body))
         for c in self.conditions:
             expr = c.expr if not isinstance(c.expr, bool) else sp.sympify(c.expr)
-            lines.append(r"\text{%s} &: %s \quad \text{(%s)}" % (c.name, alg.latex(expr), c.text))
+            lines.append(r"\text{%s} &: %s \quad \text{(%s)}" % (tx(c.name), alg.latex(expr),
+                                                               tx(c.text)))
         return " \\\\\n".join(lines)
 
     def explain(self) -> str:
@@ -295,7 +298,8 @@ class Derivation:
         if not isinstance(C_val, int):
             raise ValueError("n_outputs must be an integer to evaluate the kernel limit; "
                              "pass n_outputs to derive()")
-        expr = concrete.limit if cross is None else concrete.cross_limit
+        expr = concrete.cross_limit if cross is not None else (
+            concrete._train_kernel if concrete._train_kernel is not None else concrete.limit)
         if expr is None:
             raise NotImplementedError(concrete.cross_reason if cross is not None
                                       else concrete.alpha_reason)
@@ -348,14 +352,12 @@ class Derivation:
             return out.reshape(steps + 1, n2, C_val)
         # not isotropic: evaluate the predictor expression at each t
         expr = concrete.test_predictor
-        f0 = MatrixSymbol("f_0(X')", N2 * C, 1)
         arrays = _infinite_width_arrays(train, cross, C_val)
         arrays.update({"f_0(X')": np.zeros((n2 * C_val, 1)), "e_0": e[:, None]})
         out = np.empty((steps + 1, n2 * C_val))
         for k in range(steps + 1):
             out[k] = alg.evaluate(expr.subs(t, k), arrays,
                                   {N: n, C: C_val, N2: n2, eta: lr}).ravel()
-        del f0
         return out.reshape(steps + 1, n2, C_val)
 
 
@@ -540,8 +542,30 @@ def _cond(d: Derivation, name, expr, text):
 
 
 def _damping_condition(d: Derivation, text):
-    _cond(d, "damping", rho > 0, "rho > 0 (and small enough that F_hat + rho I is invertible); "
+    # evaluate=False: rho is declared positive, so rho > 0 would collapse to True (no data left)
+    _cond(d, "damping", sp.Gt(rho, 0, evaluate=False), "rho > 0 (and small enough that F_hat + rho I is invertible); "
           "the limit is rho -> 0 after the width limit. Push-through precondition: " + text)
+
+
+def _width_violations(s: _Structure, *, backward: bool, first: bool) -> list:
+    """Stated rank conditions that concrete widths and ``N`` violate (empty if unknown).
+
+    ``Q_{l-1}`` invertible needs ``N <= M_{l-1} + b`` (``first``: also for ``l = 1``);
+    ``backward``: ``Bt_l`` invertible needs ``N C <= M_l`` for every hidden layer.
+    ``b = 1`` only when ``bias=True`` (as the ``M_0`` check of K-FAC).
+    """
+    if s.hidden is None or not isinstance(s.n_samples, int):
+        return []
+    n, b = s.n_samples, 1 if s.bias else 0
+    c = s.n_outputs if isinstance(s.n_outputs, int) else 1
+    out = []
+    inputs = ([(0, s.widths[0])] if first and s.widths is not None else []) + \
+        [(k + 1, w) for k, w in enumerate(s.hidden)]
+    out += [f"Q_{k} singular: M_{k} + b = {w + b} < N = {n}" for k, w in inputs if w + b < n]
+    if backward:
+        out += [f"Bt_{k + 1} singular: M_{k + 1} = {w} < N C = {n * c}"
+                for k, w in enumerate(s.hidden) if w < n * c]
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -589,7 +613,7 @@ def _derive_exact(d: Derivation, s: _Structure):
         d.steps.append(("J = [J_1 ... J_L] (block row), so J J^T = sum_l J_l J_l^T = sum_l Theta_l",
                         block_collapse(Jb * Jb.T)))
     limit_cross = rho_to_zero(K2, invertible={Theta})
-    _cond(d, "Theta invertible", sp.Ne(sp.Symbol("det(Theta)"), 0),
+    _cond(d, "Theta invertible", sp.Ne(sp.Determinant(Theta), 0),
           "the NTK Theta = sum_l Theta_l is invertible (N C distinct-enough samples)")
     d.steps.append(("rho -> 0 (spectral limit lambda/(lambda + N rho) -> 1 for lambda > 0)",
                     sp.Eq(sp.Symbol("lim"), sp.Tuple(*alg.spectral_limit()))))
@@ -624,7 +648,7 @@ def _derive_block_diagonal(d: Derivation, s: _Structure):
     Th, ThX = layer_matrix("Theta", layer, nC, nC), layer_matrix("Theta'", layer, n2C, nC)
     term2 = replace_grams(term1, {(Jx, J): ThX, (J, J): Th})
     d.steps.append(("push-through per block, Theta_l = J_l J_l^T", term2))
-    _cond(d, "Theta_l invertible", sp.Ne(sp.Symbol("det(Theta_l)"), 0),
+    _cond(d, "Theta_l invertible", sp.Ne(sp.Determinant(Th), 0),
           "every per-layer kernel Theta_l is invertible (true for l = 1 even if M_0 < N: "
           "Schur product theorem)")
     lim_term = rho_to_zero(term2, invertible={Th})
@@ -680,7 +704,7 @@ def _derive_block_tridiagonal(d: Derivation, s: _Structure):
     ThD, ThDx = MatrixSymbol("Theta_D", L * nC, L * nC), MatrixSymbol("Theta_D'", L * n2C, L * nC)
     K2 = replace_grams(K1, {(Dx, D): ThDx, (D, D): ThD})
     d.steps.append(("push-through with G = T (x) I; Theta_D = Jbar Jbar^T = blockdiag(Theta_l)", K2))
-    _cond(d, "Theta_l invertible", sp.Ne(sp.Symbol("det(Theta_l)"), 0),
+    _cond(d, "Theta_l invertible", sp.Ne(sp.Determinant(layer_matrix("Theta", layer, nC, nC)), 0),
           "every per-layer kernel Theta_l is invertible (Theta_D positive definite)")
 
     # rho -> 0 for any symmetric S = T: the lemma lim (G Theta_D + eps)^{-1} G = R (R^T Theta_D R)^{-1} R^T
@@ -833,7 +857,7 @@ def _kfac_layer_term(d, s, l, Min, Mout, *, output=False, first=False):
         ok = all(sp.simplify(p.doit()) in (0, sp.ZeroMatrix(N, N)) or p.doit().is_ZeroMatrix
                  for p in penrose)
         d.steps.append(("Bt_L = Delta_L Delta_L^T has rank C < N C; (1 1^T)^+ = 1 1^T / N^2 "
-                        "(Penrose conditions hold)", sp.Eq(sp.Symbol("Bt_L"), Bt)))
+                        "(Penrose conditions hold); Bt_L =", Bt))
         if not ok:  # pragma: no cover
             raise ArithmeticError("pseudo-inverse of 1 1^T")
         term = HadamardProduct(backward, _broadcast(forward, Ones)) / N
@@ -927,8 +951,7 @@ def _derive_kfac(d: Derivation, s: _Structure):
         nm = sym.args[0]
         if isinstance(nm, sp.Indexed) and str(nm.base).endswith("'"):
             base = str(nm.base)[:-1]
-            swap[sym] = MatrixSymbol(sp.IndexedBase(base)[nm.indices], sym.shape[1], sym.shape[1]) \
-                if False else layer_matrix(base, nm.indices[0], sym.shape[1], sym.shape[1])
+            swap[sym] = layer_matrix(base, nm.indices[0], sym.shape[1], sym.shape[1])
     train_terms = [_hadamard_simplify(alg.cancel_inverse_runs(
         (t_.xreplace(swap) if not isinstance(t_, LayerSum) else
          LayerSum(t_.term.xreplace(swap), *t_.limits)).doit())) for t_ in K_cross_terms]
@@ -936,6 +959,7 @@ def _derive_kfac(d: Derivation, s: _Structure):
                                     else LayerSum(t_.term.xreplace(swap), *t_.limits))
                                    for t_ in terms])
     d.cross_limit = cross
+    d._train_kernel = sp.MatAdd(*train_terms)
     # training set: the first layer's forward projection Q_0 Q_0^+ is I iff N <= rank(Hbar_0)
     Q0 = layer_matrix("Q", 0, N, N)
     first_full = {PseudoInverse(Q0): Inverse(Q0)}
@@ -944,10 +968,11 @@ def _derive_kfac(d: Derivation, s: _Structure):
     limit_full = sp.MatAdd(*train_full).doit()
     d.steps.append(("training set, hidden layers N C <= M_l, N <= M_{l-1} (+1 with bias): "
                     "each hidden layer gives N (I o I) = N I, the output layer I", limit_full))
-    _cond(d, "hidden widths", sp.Symbol("N*C") <= sp.Symbol("M_l"),
-          "N C <= M_l for every hidden layer (Bt_l invertible)")
-    _cond(d, "layer inputs", sp.Symbol("N") <= sp.Symbol("M_{l-1} (+1 with bias)"),
-          "N <= M_{l-1} (+1 with bias) for every layer (Q_{l-1} invertible)")
+    b = sp.Symbol("b", nonnegative=True, integer=True) if s.bias is None else int(s.bias)
+    _cond(d, "hidden widths", sp.Le(N * C, _M[layer]),
+          "N C <= M_l for every hidden layer l < L (Bt_l invertible)")
+    _cond(d, "layer inputs", sp.Le(N, _M[layer - 1] + b),
+          "N <= M_{l-1} + b for every layer (Q_{l-1} invertible; b = 1 with bias, 0 without)")
     alpha_full = alg.isotropy_constant(limit_full)
     # M_0 < N: leverage scores
     _kfac_leverage_steps(d)
@@ -956,12 +981,24 @@ def _derive_kfac(d: Derivation, s: _Structure):
         rank0 = s.widths[0] + (1 if s.bias else 0)
     if rank0 is not None and rank0 < s.n_samples and (not s.depth_is_int or s.depth >= 1):
         d.limit = sp.MatAdd(*train_terms).doit()
+        # radial isotropic inputs: the first layer's N diag(P^H_0) becomes rank0 I (steps)
+        radial_alpha = alg.isotropy_constant(sp.MatAdd(rank0 * Identity(nC), *train_full[1:])) \
+            .subs(N, s.n_samples) if s.depth >= 2 else None
         d.alpha = None
         d.alpha_reason = (
             f"M_0{' + 1' if s.bias else ''} = {rank0} < N = {s.n_samples}: the first layer "
             "contributes N diag(h_n^T (H^T H)^+ h_n) (leverage scores), isotropic only for inputs "
-            f"in radial isotropic position, where it contributes rank(Hbar_0) = {rank0} "
-            f"(alpha = N (L - 2) + {rank0} + 1 for L >= 2)")
+            f"in radial isotropic position, where it contributes rank(Hbar_0) = {rank0} I"
+            + (f" (alpha = {radial_alpha})" if radial_alpha is not None else ""))
+        _finish_general(d, d.limit, cross)
+        return
+    violated = _width_violations(s, backward=True, first=False)
+    if violated:
+        d.limit = sp.MatAdd(*train_terms).doit()
+        d.alpha = None
+        d.alpha_reason = ("a rank condition fails at these widths (" + "; ".join(violated) +
+                          "): that layer's projection P^D_l o P^H_{l-1} is not I, so K is not "
+                          "proportional to I")
         _finish_general(d, d.limit, cross)
         return
     if s.bias is None and s.widths is not None and isinstance(s.n_samples, int) and \
@@ -969,8 +1006,8 @@ def _derive_kfac(d: Derivation, s: _Structure):
         _cond(d, "bias", sp.true, "needs the bias column: M_0 + 1 = N")
     d.limit = limit_full
     d.alpha = sp.expand(alpha_full)
-    d.steps.append(("alpha = N (L - 1) + 1 (the released code's N L would need an invertible "
-                    "Bt_L; ours has rank C)", d.alpha))
+    d.steps.append(("alpha = isotropy constant of the limit (the released code's N L would need "
+                    "an invertible Bt_L; ours has rank C)", d.alpha))
     _finish_isotropic(d, cross)
 
 
@@ -1075,8 +1112,7 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
     _damping_condition(d, pre)
     Th = MatrixSymbol("Theta_li", N, N)
     ThX = MatrixSymbol("Theta'_li", N2, N)
-    t2 = t1.xreplace({}).subs({}) if False else t1
-    d.steps.append(("push-through; Theta_li = D_li Q_{l-1} D_li", t2))
+    d.steps.append(("push-through; Theta_li = D_li Q_{l-1} D_li", t1))
     Thl, lim, Th2, M2, off = _unit_projection_example()
     d.steps.append(("rho -> 0: Theta_li Theta_li^+ = projection onto range(D_li Q D_li) = "
                     "range(D_li) if Q_{l-1} is invertible; explicit case, samples 1, 2 active, "
@@ -1096,8 +1132,9 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
         "delta_li(x')/delta_li(x_n) on each unit's active set (for ReLU, joint activation "
         "patterns), an expectation of a pseudo-inverse that is not a function of the "
         "per-layer infinite-width kernels (Theta_l, S_l, Bt_l)")
-    _cond(d, "Q invertible", sp.Symbol("N") <= sp.Symbol("M_{l-1} (+1 with bias)"),
-          "Q_{l-1} invertible (N <= M_{l-1} (+1 with bias))")
+    b = sp.Symbol("b", nonnegative=True, integer=True) if s.bias is None else int(s.bias)
+    _cond(d, "Q invertible", sp.Le(N, _M[layer - 1] + b),
+          "Q_{l-1} invertible (N <= M_{l-1} + b; b = 1 with bias, 0 without)")
     _cond(d, "gradient independence", sp.true,
           "backpropagated factors nonzero and the fraction of active units per sample -> gamma "
           "(law of large numbers over units; relative fluctuation O(M^{-1/2}) for ReLU)")
@@ -1118,6 +1155,15 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
             Kg = MatrixSymbol("K", nC, nC)
             _finish_general(d, Kg, MatrixSymbol("K(X',X)", n2C, nC))
             return
+    violated = _width_violations(s, backward=False, first=True)
+    if violated:
+        d.alpha = None
+        d.alpha_reason = ("a rank condition fails at these widths (" + "; ".join(violated) +
+                          "): a unit's Gram D_li Q_{l-1} D_li has rank below its active-sample "
+                          "count, so its projection is not diagonal and K is not isotropic")
+        d.limit = None
+        _finish_general(d, MatrixSymbol("K", nC, nC), MatrixSymbol("K(X',X)", n2C, nC))
+        return
     if s.activation is not None:
         gamma, gsteps = activation_gamma(s.activation)
         d.steps += list(gsteps)
@@ -1125,17 +1171,18 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
         gamma = _gamma
         for act in ("relu", "tanh", "erf"):
             d.steps += list(activation_gamma(act)[1])
+    # wide limit: (1/M_l) sum_i S_li -> E[S_li] = gamma I (law of large numbers over units)
+    wide = limit_a.xreplace({S_li: gamma * Identity(N)})
+    d.steps.append(("wide limit: each unit's active-set diagonal S_li -> its mean gamma I", wide))
+    alpha_val = alg.isotropy_constant(wide)
+    if alpha_val is None:  # pragma: no cover - a failed derivation must not pass silently
+        raise ArithmeticError(f"unit-wise wide limit {wide} is not a multiple of I")
     if s.hidden is not None:
-        width_sum = sum(s.hidden)
-        d.steps.append(("sum_{l<L} M_l", sp.Integer(width_sum)))
-    else:
-        width_sum = sp.Sum(_M[layer], (layer, 1, L - 1))
-        if s.depth_is_int:
-            width_sum = width_sum.doit()
-    d.alpha = gamma * width_sum + 1
+        alpha_val = alpha_val.doit().subs({_M[k + 1]: w for k, w in enumerate(s.hidden)})
+        d.steps.append(("with the hidden widths M_l = " + ", ".join(map(str, s.hidden)), alpha_val))
+    d.alpha = sp.expand(alpha_val)
     d.limit = d.alpha * Identity(N)
-    d.steps.append(("wide limit: #active / M_l -> gamma, so a_n -> alpha = gamma sum_{l<L} M_l + 1 "
-                    "(K / alpha -> I)", d.alpha))
+    d.steps.append(("so a_n -> alpha = gamma sum_{l<L} M_l + 1 (K / alpha -> I)", d.alpha))
     _finish_isotropic(d, None)
 
 
@@ -1228,7 +1275,7 @@ def _derive_cached(method: Method, s: _Structure) -> Derivation:
         values[C] = 1  # unit-wise is derived for the default C = 1
     if values:
         for name in ("preconditioner", "limit", "cross_limit", "alpha", "dynamics",
-                     "test_predictor"):
+                     "test_predictor", "_train_kernel"):
             expr = getattr(d, name)
             if isinstance(expr, sp.Basic):
                 setattr(d, name, expr.subs(values))

@@ -78,6 +78,8 @@ import numpy as np
 import sympy as sp
 from sympy.polys.matrices import DomainMatrix
 
+from ._algebra import latex_text
+
 __all__ = [
     "LAYERS",
     "LAYER",
@@ -706,11 +708,7 @@ def derivation_steps() -> list[tuple[str, sp.Basic]]:
     return steps
 
 
-def _latex_text(text: str) -> str:
-    """Escape plain text for ``\\text{...}`` (one pass, so escapes are not re-escaped)."""
-    table = {"\\": r"\textbackslash{}", "_": r"\_", "^": r"\^{}", "{": r"\{", "}": r"\}",
-             "#": r"\#", "%": r"\%", "&": r"\&", "$": r"\$"}
-    return text.strip().translate(str.maketrans(table))
+_latex_text = latex_text  # escaping for \text{...}: one place (ngdsym._algebra)
 
 
 def derivation_latex() -> str:

@@ -17,13 +17,16 @@ product of ``Delta = feat.delta[k].reshape(N C, M_l)`` and the sample-broadcast
 layer ``l`` are the row-major flattening of ``[W_l | b_l]`` (last column: bias).
 Nothing here forms ``J`` (``N C x P``) or a ``P x P`` matrix.
 
-Pseudo-inverse cutoff (``rho == 0``), one convention for the whole module: when a
-symmetric positive semi-definite matrix of size ``n`` is eigendecomposed, its
-eigenvalues ``<= n * eps * max_eigenvalue`` count as zero (``eps`` of the
-features' dtype; numpy's ``pinv`` rule).  It is applied to each matrix that is
-actually decomposed: the Gram (or dual Gram) of each K-FAC factor, each unit's
-``N C x N C`` Gram, and, for the diagonal method, the diagonal of each layer's
-block of ``diag F`` (size ``P_l = M_l (M_{l-1} + 1)``).
+Pseudo-inverse cut-off (``rho == 0``): the one convention of :mod:`numeric._linalg`
+(:func:`~numeric._linalg.pinv_keep`), shared with :mod:`numeric._precond` and
+:mod:`numeric.reference`: an eigenvalue counts as zero when it is at most
+``pinv_rcond(dtype)`` (``1e-10`` float64, ``1e-5`` float32; the features' dtype)
+times the largest ``|eigenvalue|`` of the matrix it belongs to.  It is applied to
+each matrix that is actually decomposed: the Gram (or dual Gram) of each K-FAC
+factor, each unit's ``N C x N C`` Gram, and, for the diagonal method, each entry of
+``diag F`` (the entries are the independent ``1 x 1`` blocks of ``diag F``, so an
+entry is dropped only when it is exactly zero: a sum of squares has no
+cancellation, so a tiny entry is resolved, unlike a tiny eigenvalue).
 
 Precision: everything is computed in the features' dtype (float32 stays float32,
 no upcast); memory is estimated with :func:`~numeric._validation.require_memory`
@@ -45,6 +48,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 from ngdsym.methods import KFACDamping
 
 from ._kernels import broadcast_outputs
+from ._linalg import pinv_keep
 from ._mlp import Features
 from ._validation import require_memory
 
@@ -95,13 +99,6 @@ def _same_inputs(feat: Features, feat2: Features) -> bool:
     )
 
 
-def _pinv_keep(eigenvalues: np.ndarray, size: int) -> np.ndarray:
-    """Mask of eigenvalues the pseudo-inverse keeps (last axis; see the module docstring)."""
-    eps = np.finfo(eigenvalues.dtype).eps
-    top = eigenvalues.max(axis=-1, keepdims=True) if eigenvalues.shape[-1] else eigenvalues
-    return eigenvalues > size * eps * top
-
-
 def _safe_reciprocal(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``1 / values`` where ``keep``, else 0 (the pseudo-inverse of a diagonal)."""
     return np.where(keep, 1 / np.where(keep, values, 1), 0).astype(values.dtype, copy=False)
@@ -145,14 +142,14 @@ class _FactorBasis:
             if keep_null:
                 values = np.maximum(values, 0)
             else:
-                keep = _pinv_keep(values, dim)
+                keep = pinv_keep(values, values.dtype, psd=True)
                 values, W = values[keep], W[:, keep]
             self._W, self._dual = W, None
             self.coords = R @ W
             self.coords2 = None if R2 is None else R2 @ W
         else:
             values, U = np.linalg.eigh(R @ R.T)
-            keep = _pinv_keep(values, n_rows)
+            keep = pinv_keep(values, values.dtype, psd=True)
             values, U = values[keep], U[:, keep]
             root = np.sqrt(values)
             self._W, self._dual = None, U / root
@@ -380,7 +377,7 @@ def _unit_grams(dT_chunk, Q_b, d2T_chunk=None, Q2_b=None):
 def _unit_eigh(T):
     """One batched ``eigh`` of a PSD ``(units, s, s)`` stack: ``(U, 1/values or 0, kept mask)``."""
     values, U = np.linalg.eigh(T)
-    keep = _pinv_keep(values, T.shape[-1])
+    keep = pinv_keep(values, values.dtype, psd=True)
     return U, _safe_reciprocal(values, keep), keep
 
 
@@ -544,8 +541,9 @@ def _diagonal_inverse(feat: Features, k: int, damping: float) -> np.ndarray:
     diag_F = (np.square(delta).sum(axis=1).T @ np.square(H)) * (1 / n)
     if damping > 0:
         return 1 / (diag_F + damping)
-    flat = diag_F.ravel()
-    return _safe_reciprocal(flat, _pinv_keep(flat, flat.size)).reshape(diag_F.shape)
+    # each entry is its own 1 x 1 block (module docstring): kept iff nonzero
+    keep = pinv_keep(diag_F[..., None], diag_F.dtype, psd=True)[..., 0]
+    return _safe_reciprocal(diag_F, keep)
 
 
 def diagonal_update(feat: Features, residual: np.ndarray, damping: float) -> list:

@@ -33,12 +33,17 @@ Push-through on ``Jb`` gives the table's row; it needs no inverse of ``T``, so t
 singular ``L = 3 s + 2`` is handled for ``rho > 0``.
 
 ``damping == 0`` is the ``rho -> 0`` limit (pseudo-inverse): exact
-``Theta(X2, X) Theta^+``, block diagonal ``sum_l Theta_l(X2, X) Theta_l^+``.  For
+``Theta(X2, X) Theta^+``, block diagonal ``sum_l Theta_l(X2, X) Theta_l^+``, with the
+eigenvalue cut-off of :mod:`numeric._linalg` (relative to each inverted matrix's own
+largest eigenvalue, per the dtype the kernels were computed in; shared with
+:mod:`numeric._approx` and :mod:`numeric.reference`).  For
 block tri-diagonal, ``D (N rho I + G D)^{-1} = (N rho D^{-1} + G)^{-1}`` and the limit
 of ``(eps D^{-1} + G)^{-1} b`` for ``b`` in ``range(G)`` is the unique ``x0`` with
 ``G x0 = b`` and ``Z^T D^{-1} x0 = 0`` (``Z`` a basis of ``null(G)``), so
 ``K = [Theta_l(X2, X)]_l D^{-1} x0``; on the training set this is
-``(1^T T^+ 1) I``.  It needs every ``Theta_l`` invertible.
+``(1^T T^+ 1) I``.  It needs every ``Theta_l`` invertible (no eigenvalue under the
+cut-off of :mod:`numeric._linalg`); otherwise ``ValueError`` asks for ``damping > 0``
+(the dense :mod:`numeric.reference` handles the singular case when the limit exists).
 
 K-FAC, unit-wise and element-wise diagonal are delegated to :mod:`numeric._approx`.
 
@@ -57,6 +62,7 @@ from ngdsym.methods import KFACDamping, Method
 
 from . import _approx
 from ._kernels import layer_kernels_from_features
+from ._linalg import pinv_keep
 from ._mlp import MLP, Features
 from ._validation import as_inputs, as_targets, check_damping, require_memory
 
@@ -111,11 +117,6 @@ def tridiagonal_ones(L: int) -> np.ndarray:
     return np.eye(L) + np.eye(L, k=1) + np.eye(L, k=-1)
 
 
-def _pinv_cutoff(w: np.ndarray, n: int, dtype) -> float:
-    """Eigenvalues below this are treated as zero (``numpy.linalg.pinv``-like, in ``dtype``'s precision)."""
-    return n * np.finfo(dtype).eps * max(float(np.max(np.abs(w), initial=0.0)), np.finfo(np.float64).tiny)
-
-
 def psd_solve(A: np.ndarray, B: np.ndarray, shift: float, dtype=np.float64) -> np.ndarray:
     """``(A + shift I)^+ B`` for a symmetric positive semi-definite ``A``, in float64.
 
@@ -143,7 +144,7 @@ def psd_solve(A: np.ndarray, B: np.ndarray, shift: float, dtype=np.float64) -> n
         except np.linalg.LinAlgError:
             pass  # shift below the rounding of A: fall back to the pseudo-inverse
     w, V = np.linalg.eigh((A_shift + A_shift.T) / 2)
-    keep = w > _pinv_cutoff(w, n, dtype)
+    keep = pinv_keep(w, dtype, psd=True)
     inv_w = np.zeros_like(w)
     inv_w[keep] = 1.0 / w[keep]
     return V @ (inv_w[:, None] * (V.T @ B))
@@ -164,14 +165,15 @@ def _general_solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 def _invert_layer_kernels(Th: np.ndarray, dtype) -> list[np.ndarray]:
     """``Theta_l^{-1}`` for every layer (float64); ``ValueError`` when one is singular."""
     inverses = []
-    n = Th.shape[1]
     for l, Th_l in enumerate(Th, start=1):
         w, V = np.linalg.eigh(np.asarray(Th_l, dtype=np.float64))
-        if w[0] <= _pinv_cutoff(w, n, dtype):
+        if not pinv_keep(w, dtype, psd=True).all():
             raise ValueError(
                 f"damping=0 with method 'block_tridiagonal' needs every per-layer NTK Theta_l to be "
                 f"invertible, but Theta_{l} is singular (smallest eigenvalue {w[0]:.3g}, largest "
-                f"{w[-1]:.3g}); use damping > 0 or fewer inputs than the narrowest width"
+                f"{w[-1]:.3g}: under the pseudo-inverse cut-off of numeric._linalg); pass damping > 0 "
+                "(e.g. damping=1e-8), or use fewer inputs than the narrowest width, or "
+                "numeric.reference for the rho -> 0 limit of this small case"
             )
         inverses.append((V / w) @ V.T)
     return inverses
@@ -197,7 +199,7 @@ def _btd_coefficients(Th: np.ndarray, B: np.ndarray, shift: float, dtype) -> lis
     # rho -> 0: x0 = c (x) B + Z a with c = T^+ 1, G x0 = 1 (x) B, Z^T D^{-1} x0 = 0; Y = D^{-1} x0
     inv = _invert_layer_kernels(Th, dtype)
     w, V = np.linalg.eigh(T)
-    null = np.abs(w) <= L * np.finfo(np.float64).eps * np.max(np.abs(w))
+    null = ~pinv_keep(w, np.float64)  # T is exact (integers): its eigenvalues are float64-accurate
     c = V[:, ~null] @ ((V[:, ~null].T @ np.ones(L)) / w[~null])
     x0 = [c_l * B for c_l in c]
     if null.any():

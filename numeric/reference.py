@@ -9,7 +9,10 @@ every inverse through :mod:`numpy.linalg`.  It exists to check the fast routines
 ``net.activation``, ``net.sigma_w`` and ``net.sigma_b``, and has its own forward
 pass, its own reverse-mode differentiation and its own table of activations and
 their derivatives.  It never calls ``MLP.forward``, ``MLP.features``,
-``numeric._kernels`` or ``numeric._approx``.
+``numeric._kernels`` or ``numeric._approx``.  The one thing it shares with them is a
+*convention*, not a computation: which eigenvalues the ``damping == 0``
+pseudo-inverse treats as zero (:func:`numeric._linalg.pinv_keep`, :data:`PINV_RCOND`),
+so that fast and reference define the same limit.
 
 Conventions (theory.md section 1, restated):
 
@@ -58,6 +61,7 @@ from scipy import special
 
 from ngdsym.methods import KFACDamping, Method
 
+from ._linalg import pinv_keep, pinv_rcond
 from ._validation import as_inputs, as_targets, check_damping, check_learning_rate, check_positive_int
 
 __all__ = [
@@ -86,11 +90,13 @@ MAX_PARAMS = 4000
 #: Largest number of Jacobian rows ``N C`` (or ``N2 C``) the reference accepts.
 MAX_ROWS = 4000
 #: Relative eigenvalue cut-off of the pseudo-inverse used at ``damping == 0``:
-#: an eigenvalue ``|lambda| <= PINV_RCOND * max |lambda|`` of ``F_hat`` counts as zero.
-#: Round-off in a formed ``F = J^T J / N`` is ``~ P eps ||F|| <= 1e-12 ||F||`` for
-#: ``P <= MAX_PARAMS``, far below; genuine eigenvalues in the cases compared at
-#: ``damping == 0`` are far above.
-PINV_RCOND = 1e-10
+#: an eigenvalue ``|lambda| <= PINV_RCOND * max |lambda|`` of an independent block of
+#: ``F_hat`` counts as zero.  This is the one convention of :mod:`numeric._linalg`
+#: (its float64 entry), shared with the fast routines so that both pseudo-invert the
+#: same spectrum; only the *convention* is shared, the linear algebra here is the
+#: reference's own.  Round-off in a formed ``F = J^T J / N`` is ``~ P eps ||F|| <=
+#: 1e-12 ||F||`` for ``P <= MAX_PARAMS``, far below (see :mod:`numeric._linalg`).
+PINV_RCOND = pinv_rcond(np.float64)
 #: A right-hand side with a component of relative size above this outside the
 #: numerical range of ``F_hat`` has no finite ``rho -> 0`` limit (see
 #: :func:`preconditioned_kernel`).  ``sqrt(PINV_RCOND)`` bounds that component for
@@ -428,7 +434,7 @@ def _symmetric_pinv(M):
     """
     lam, V = np.linalg.eigh(M)
     scale = np.max(np.abs(lam)) if lam.size else 0.0
-    kept = np.abs(lam) > PINV_RCOND * scale
+    kept = pinv_keep(lam, np.float64)  # |lam| > PINV_RCOND * scale
     Vk = V[:, kept]
     cond = float(scale / np.min(np.abs(lam[kept]))) if kept.any() else 1.0
     return (Vk / lam[kept]) @ Vk.T, Vk @ Vk.T, cond

@@ -54,11 +54,24 @@ def test_judge_convergence_distinguishes_exact_rate_and_stall():
 
 
 def test_judge_non_isotropic():
-    w = [64, 256, 1024]
-    assert judge_non_isotropic("x", w, [[5.0]] * 3, [[0.5]] * 3).passed
-    # converging to isotropy at M^-1/2 is not the counterexample
-    assert not judge_non_isotropic("y", w, [[5.0]] * 3, [[0.4], [0.2], [0.1]]).passed
-    assert not judge_non_isotropic("z", w, [[1.2]] * 3, [[0.5]] * 3).passed
+    w = [64, 256, 1024, 4096]
+    # a plateau at cond 1.6 (with an M^-1/2 approach) is non-isotropic
+    plateau = 1.6 + 3 / np.sqrt(w)
+    assert judge_non_isotropic("x", w, plateau[:, None]).passed
+    # converging to isotropy at M^-1/2 (cond 1.26 at M = 256, like relu unit-wise) is not
+    converging = 1 + 4 / np.sqrt(w)
+    assert not judge_non_isotropic("y", w, converging[:, None]).passed
+    # isotropic to round-off
+    assert not judge_non_isotropic("z", w, np.ones((4, 2))).passed
+
+
+def test_judge_upper_bound_allows_faster_decay_only():
+    w = [64, 128, 256, 512]
+    fast = np.array(w, dtype=float) ** -1.0
+    assert not judge_convergence("f", w, fast).passed  # two-sided: M^-1 is not M^-1/2
+    assert judge_convergence("f", w, fast, upper_bound=True).passed
+    flat = np.full(4, 0.1)
+    assert not judge_convergence("g", w, flat, upper_bound=True).passed
 
 
 def test_report_helpers():

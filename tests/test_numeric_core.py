@@ -167,10 +167,10 @@ def test_update_moves_outputs_by_the_kernel(method, L):
     X, X2 = rng.standard_normal((4, 3)), rng.standard_normal((3, 3))
     Y = rng.standard_normal((4, C))
     r = (net.forward(X) - Y).ravel()
-    # unit-wise at rho = 0: a unit whose delta nearly vanishes at one sample (|delta| ~ 5e-8 at
-    # L = 2 here) has a Gram eigenvalue at the pseudo-inverse cut-off, where the rho -> 0 limit
-    # is cut-off dependent; reported to the lead, tested at a small positive damping instead
-    for rho in ((1e-9, 1e-3) if method is Method.UNIT_WISE else (0.0, 1e-3)):
+    # rho = 0 for every method: update and kernel pseudo-invert the same unit Grams with the one
+    # cut-off of numeric._linalg (1e-10 relative), so a unit nearly off at one sample (|delta| ~
+    # 5e-8 at L = 2 here, eigenvalue below the cut-off) is dropped by both; 1e-9 checks tiny damping
+    for rho in ((0.0, 1e-9, 1e-3) if method is Method.UNIT_WISE else (0.0, 1e-3)):
         for kfac_damping in (KFACDamping if method is Method.KFAC else [KFACDamping.FACTORS]):
             update = _approx_or_skip(lambda: natural_gradient(net, X, Y, method, rho, kfac_damping=kfac_damping))
             assert [(dW.shape, db.shape) for dW, db in update] == [(W.shape, b.shape) for W, b in net.params]

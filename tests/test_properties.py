@@ -12,6 +12,10 @@ at any width (at the damping level, ``<= 1e-3``) or
 * and keep ``deviation * sqrt(M)`` bounded: max/min over the widths ``<= 3``
   (a slope off -1/2 by 0.4 over a factor 8 would give 2.3; 3 leaves room for noise).
 
+Where theory only gives an upper bound ``O(M^{-1/2})`` (training, test
+predictions: theory.md section 5) the check is one-sided: slope ``<= -0.25`` and
+``deviation * sqrt(M)`` not growing.
+
 These thresholds live in ``derivations._common.Criteria`` (one place, shared with
 ``python -m derivations``).  Widths here are small (``M <= 512``, ratios up to 2)
 to fit the CI budget; the command runs the large ones.
@@ -68,9 +72,12 @@ def test_layer_kernels_converge_to_infinite_width_at_rate_sqrt_M(family):
 
     Each ``Theta_l`` is an average of ``M`` i.i.d. unit contributions (theory.md
     section 4), so its relative error is ``O(M^{-1/2})``; it is never exact at
-    finite width (``allow_exact=False``).  4 seeds per width tame the noise.
+    finite width (``allow_exact=False``).  Per seed the relative error of a small
+    Gram matrix scatters by 20-70 % (measured: first layer of a 2-layer tanh net,
+    N = 5); 24 seeds bring the mean's noise to ~10 % per width and the slope's to
+    ~0.07, well inside the window (cheap: kernels only).
     """
-    res, ctx = _sweep(family, layer_kernels=True, seeds=4)
+    res, ctx = _sweep(family, layer_kernels=True, seeds=24)
     for k in range(family.depth + 1):
         check = judge_convergence(f"Theta_{k + 1}" if k < family.depth else "Theta", WIDTHS,
                                   res.layer_deviation[:, :, k], DEFAULT_CRITERIA, allow_exact=False)
@@ -87,7 +94,7 @@ def _method_families():
         st.just(m), width_families(n_outputs=(1, 1) if m is Method.UNIT_WISE else (1, 2))))
 
 
-@settings(max_examples=8, **SETTINGS)
+@settings(max_examples=12, **SETTINGS)
 @given(case=_method_families())
 def test_preconditioned_kernel_converges_to_derived_limit(case):
     """(2) ``K(M)`` -> ``alpha I`` (isotropic) or ``Derivation.kernel_limit`` (others).
@@ -96,10 +103,10 @@ def test_preconditioned_kernel_converges_to_derived_limit(case):
     ``alpha I`` at any width up to the damping error (``<= 1e-3`` for
     ``rho <= 1e-13``); GD and relu unit-wise have a genuine ``M^{-1/2}`` rate;
     :func:`derivations._common.judge_convergence` decides which and applies the
-    criterion stated in the module docstring.
+    criterion stated in the module docstring.  8 seeds per width (kernels only).
     """
     method, family = case
-    res, ctx = _sweep(family, (method,))
+    res, ctx = _sweep(family, (method,), seeds=8)
     assert method not in res.errors, res.errors.get(method)
     (check,) = judge_kernel(res, ctx, method)
     assert check.kind != "skipped", f"{method}: no closed form to compare with: {check.detail}"
@@ -111,14 +118,17 @@ def _trainable_families():
     return st.tuples(st.sampled_from(ISOTROPIC_TRAINABLE), width_families(n_samples=(3, 6)))
 
 
-@settings(max_examples=4, **SETTINGS)
+@settings(max_examples=6, **SETTINGS)
 @given(case=_trainable_families())
 def test_training_residual_follows_isotropic_dynamics(case):
     """(3) ``f_t - y`` of the trained finite network -> ``(1 - alpha eta)^t (f_0 - y)``.
 
     Two NGD steps at ``eta = 1/alpha`` (``numeric.train``, the real nonlinear
     network): the Jacobian moves by ``O(M^{-1/2})``, so the relative residual
-    error falls at that rate.  Unit-wise is excluded (its module's
+    error is ``O(M^{-1/2})`` -- an upper bound (theory.md section 5): the check is
+    slope ``<= -0.25`` and ``error * sqrt(M)`` not growing (``<= 3`` x its value at
+    the smallest width); small one-hidden-layer nets decay faster (slope ~ -1 at
+    ``M = 32..256``), which the bound allows.  Unit-wise is excluded (its module's
     ``TRAINING_NOT_APPLICABLE``: the deviation bound is vacuous at the damping
     isotropy needs).
     """
@@ -126,39 +136,42 @@ def test_training_residual_follows_isotropic_dynamics(case):
     res, ctx = _sweep(family, (method,), train=True)
     assert method not in res.errors, res.errors.get(method)
     check = judge_convergence(f"dynamics {method}", WIDTHS, res.methods[method]["dynamics_error"],
-                              DEFAULT_CRITERIA)
+                              DEFAULT_CRITERIA, upper_bound=True)
     assert check.passed, _explain(check)
 
 
-@settings(max_examples=4, **SETTINGS)
+@settings(max_examples=6, **SETTINGS)
 @given(case=_trainable_families())
 def test_test_predictions_follow_derived_predictor(case):
     """(4) finite-width test outputs -> ``Derivation.predict_test`` at ``M^{-1/2}``.
 
     The predictor uses the infinite-width kernels and the network's own
     ``e_0 = f_0(X) - y``; the finite network differs by kernel fluctuations and
-    Jacobian motion, both ``O(M^{-1/2})``.
+    Jacobian motion, both ``O(M^{-1/2})``: the same bound criterion as property 3.
     """
     method, family = case
     res, ctx = _sweep(family, (method,), train=True)
     assert method not in res.errors, res.errors.get(method)
     err = res.methods[method]["test_error"]
     assert not np.all(np.isnan(err)), f"{method}: no test predictor ({res.notes.get(method)})"
-    check = judge_convergence(f"test predictions {method}", WIDTHS, err, DEFAULT_CRITERIA)
+    check = judge_convergence(f"test predictions {method}", WIDTHS, err, DEFAULT_CRITERIA, upper_bound=True)
     assert check.passed, _explain(check)
 
 
 # ------------------------------------------------------------------ property 5
-@settings(max_examples=3, **SETTINGS)
+@settings(max_examples=4, **SETTINGS)
 @given(family=width_families(n_samples=(4, 8)))
 def test_diagonal_method_is_not_isotropic(family):
     """(5) element-wise diagonal NGD: ``K`` stays detectably away from ``alpha I``.
 
     theory.md section 2: ``K = J (diag F + rho)^{-1} J^T / N`` is a weighted NTK,
-    not a multiple of ``I``.  Criterion (``Criteria.condition_min``): condition
-    number ``>= 2`` at every width and seed, and the isotropy deviation
-    ``||K - mean(diag K) I|| / ||mean(diag K) I||`` not falling like ``M^{-1/2}``
-    (slope above -0.25) -- so the gap is not a finite-width effect.
+    not a multiple of ``I``.  Criterion (``Criteria.condition_min``): the mean
+    condition number, fitted as ``1 + a + b M^{-1/2}`` over the widths (finite-width
+    corrections are ``O(M^{-1/2})``), extrapolates to ``1 + a >= 1.1`` with ``a``
+    above three standard errors.  A per-width threshold would not do: a ``K``
+    converging to ``alpha I`` (relu unit-wise) still has ``cond ~ 1.3`` at
+    ``M = 256``; measured here, the diagonal ``K`` plateaus (e.g. 1.64 from
+    ``M = 1024`` to ``16384`` for a 2-layer relu net with N = 4).
     """
     res, ctx = _sweep(family, (Method.DIAGONAL,))
     assert Method.DIAGONAL not in res.errors, res.errors.get(Method.DIAGONAL)
