@@ -19,7 +19,7 @@ from ngdsym.methods import KFACDamping, Method
 
 from ._common import (DEFAULT_CRITERIA, DEFAULT_DAMPING, DEFAULT_SETUP, DEFAULT_WIDTHS, QUICK_WIDTHS,
                       Check, Criteria)
-from ._report import SCHEMA, fmt, fmt_pm, markdown_table, stats, to_jsonable, write_json
+from ._report import SCHEMA, fmt, fmt_pm, markdown_table, stats, write_json
 
 __all__ = ["build_parser", "config_from_args", "main", "run_module", "METHOD_MODULES"]
 
@@ -352,7 +352,8 @@ def _header(ctx) -> str:
             f"Rate criterion: {cfg.criteria.describe_rate()}.")
 
 
-def write_report(out: Path, res, ctx, checks, extras, tables, command, wall, make_plots=True):
+def write_report(out: Path, res, ctx, checks, extras, tables, command, wall, make_plots=True,
+                 sections=("kernels", "methods", "dynamics", "test_predictions")):
     out.mkdir(parents=True, exist_ok=True)
     by_name = {c.name: c for c in checks}
     plots, skipped = ({}, "disabled (--no-plots)")
@@ -379,8 +380,20 @@ def write_report(out: Path, res, ctx, checks, extras, tables, command, wall, mak
     if notes:
         lines += ["## Notes", ""] + notes + [""]
     lines += ["## Derivations", ""]
+    if "kernels" in sections:
+        from .kernels import EQUATIONS, recursion
+
+        try:
+            rec = recursion(ctx.setup.activation, "latex")
+        except Exception as exc:
+            rec = rf"\text{{kernel recursion unavailable: {type(exc).__name__}}}"
+        lines += ["### infinite-width kernels (theory.md section 4)", "", "$$", r"\begin{aligned}", EQUATIONS,
+                  r"\end{aligned}", "$$", "", "$$", r"\begin{gathered}", rec, r"\end{gathered}", "$$", ""]
     for m, body in _derivation_sections(ctx, res.methods, "latex"):
-        lines += [f"### {m.label}", "", body, ""]
+        if body.startswith("(derivation unavailable"):
+            lines += [f"### {m.label}", "", body, ""]
+        else:
+            lines += [f"### {m.label}", "", "$$", r"\begin{aligned}", body, r"\end{aligned}", "$$", ""]
     (out / "report.md").write_text("\n".join(lines))
     write_json(out / "results.json",
                results_dict(res, ctx, checks, extras, command, plots, skipped, wall))
@@ -388,13 +401,30 @@ def write_report(out: Path, res, ctx, checks, extras, tables, command, wall, mak
 
 
 def run(config, *, sections, out=None, quick=False, explain=False, extras=True, plots=True,
-        command="python -m derivations", stream=sys.stdout) -> int:
+        command="python -m derivations", stream=None) -> int:
     """Run the sweep and the checks of ``sections``; print tables; write the report; exit status."""
+    from ._common import MissingDependency
+
+    stream = sys.stdout if stream is None else stream  # resolved now: tests capture sys.stdout
+    try:
+        return _run(config, sections=sections, out=out, quick=quick, explain=explain, extras=extras,
+                    plots=plots, command=command, stream=stream)
+    except MissingDependency as exc:  # a name of API.md is missing on the dependencies' side
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(config, *, sections, out, quick, explain, extras, plots, command, stream) -> int:
     from ._sweep import Context, run_sweep
 
     t0 = time.perf_counter()
     ctx = Context(config)
     print(_header(ctx), file=stream)
+    if explain and "kernels" in sections:
+        from .kernels import recursion
+
+        print(f"\n=== derivation: infinite-width kernels ({config.setup.activation}) ===\n"
+              f"{recursion(config.setup.activation)}", file=stream)
     if explain:
         for m, body in _derivation_sections(ctx, config.methods, "text"):
             print(f"\n=== derivation: {m.label} ===\n{body}", file=stream)
@@ -434,7 +464,7 @@ def run(config, *, sections, out=None, quick=False, explain=False, extras=True, 
         for n in ns:
             print(f"- note, {m.label}: {n}", file=stream)
     if out is not None:
-        skipped = write_report(Path(out), res, ctx, checks, ex_list, tables, command, wall, plots)
+        skipped = write_report(Path(out), res, ctx, checks, ex_list, tables, command, wall, plots, sections)
         if skipped and plots:
             print(f"\n{skipped}", file=stream)
         print(f"\nReport written to {Path(out) / 'report.md'} (and results.json, PNGs)", file=stream)
@@ -472,5 +502,6 @@ def run_module(module_name: str, argv=None, *, methods, sections=("methods", "dy
         config.train = False
     print((mod.__doc__ or "").strip() + "\n")
     command = f"python -m derivations.{short} " + " ".join(sys.argv[1:] if argv is None else argv)
-    return run(config, sections=sections, out=args.out, quick=args.quick, explain=bool(methods),
+    return run(config, sections=sections, out=args.out, quick=args.quick,
+               explain=bool(methods) or "kernels" in sections,
                extras=not args.no_extras, plots=not args.no_plots, command=command.strip())

@@ -46,6 +46,7 @@ __all__ = [
     "extrapolate_inverse_sqrt",
     "progress",
     "require",
+    "MissingDependency",
     "Extra",
 ]
 
@@ -421,6 +422,10 @@ _FALLBACK_MODULES = {
 }
 
 
+class MissingDependency(RuntimeError):
+    """A name of API.md that :mod:`numeric` or :mod:`ngdsym` does not provide (yet)."""
+
+
 def require(module: str, name: str, issue: str):
     """``module.name`` (API.md) or a ``RuntimeError`` saying which dependency is missing."""
     import importlib
@@ -433,7 +438,7 @@ def require(module: str, name: str, issue: str):
         except ImportError:
             found = None
     if found is None:
-        raise RuntimeError(f"{module}.{name} is not available yet ({issue}); "
+        raise MissingDependency(f"{module}.{name} is not available yet ({issue}); "
                            "the derivation checker needs it")
     return found
 

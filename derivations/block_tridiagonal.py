@@ -24,7 +24,7 @@ import numpy as np
 
 from ngdsym.methods import Method
 
-from ._common import Check, Extra, relative_frobenius, require, synthetic_data
+from ._common import Check, Extra, relative_frobenius, require
 from ._methods import judge_kernel
 from ._report import fmt, markdown_table
 

@@ -96,7 +96,7 @@ def _loss(outputs, Y):
 
 
 def run_digits(width=4096, steps=3, methods=DEFAULT_METHODS, seed=0, data_seed=0, damping=DEFAULT_DAMPING,
-               kfac_damping=KFACDamping.FACTORS, data=None, stream=sys.stdout):
+               kfac_damping=KFACDamping.FACTORS, data=None):
     """Train each method on the digits and predict each step; returns ``(results, checks)``."""
     from numeric import MLP
 

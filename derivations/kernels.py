@@ -14,11 +14,9 @@ Run ``python -m derivations.kernels`` for the table and the verdict.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._common import Check, judge_convergence
 
-__all__ = ["EQUATIONS", "layer_names", "judge", "main"]
+__all__ = ["EQUATIONS", "recursion", "layer_names", "judge", "main"]
 
 EQUATIONS = r"""
 \Theta_l(x,x') &= \tilde B_l(x,x')\, S_l(x,x'), \\
@@ -27,6 +25,14 @@ S_l = \sigma_w^2\, \mathbb{E}[\phi(u)\phi(u')] + \sigma_b^2,\ (u,u') \sim \mathc
 \tilde B_L &= 1, \qquad \tilde B_l = \sigma_w^2\, \dot S_l \circ \tilde B_{l+1},\quad
 \dot S_l = \mathbb{E}[\phi'(u)\phi'(u')].
 """.strip()
+
+
+def recursion(activation: str, kind: str = "text") -> str:
+    """The derived Gaussian expectations of ``activation`` (``ngdsym.kernels.kernel_recursion``)."""
+    from ._common import require
+
+    rec = require("ngdsym.kernels", "kernel_recursion", "issue 3")(activation)
+    return rec.latex() if kind == "latex" else rec.text()
 
 
 def layer_names(depth: int) -> list[str]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ngdsym.methods import Method
 
-from ._common import Check, Extra
+from ._common import Extra
 from ._methods import judge_kernel
 from ._report import fmt, fmt_pm, markdown_table, stats
 

@@ -381,6 +381,18 @@ def _unit_eigh(T):
     return U, _safe_reciprocal(values, keep), keep
 
 
+def _damped_unit_solve(A, rhs, damping):
+    """Batched ``A^{-1} rhs`` for damped unit Grams; a clear error when ``N rho`` is lost in round-off."""
+    try:
+        return np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"damping={damping!r} is too small for unit-wise NGD: N * damping vanishes in round-off "
+            "against a rank-deficient unit Gram (e.g. C > 1 or saturated units); pass damping=0 "
+            "for the pseudo-inverse limit or a larger damping"
+        ) from None
+
+
 def unit_wise_kernel(feat: Features, feat2: Features, damping: float) -> np.ndarray:
     """Unit-wise NGD kernel ``sum_{l,i} Theta_{l,i}(X2, X) (Theta_{l,i} + N rho)^{-1}`` (theory.md 2).
 
@@ -457,7 +469,7 @@ def _unit_wise_kernel_layer(feat, feat2, k, damping, same, K_t):
         if damping > 0:
             rhs = T if same else T2.transpose(0, 2, 1)  # Theta_i(X, X2) (T is symmetric)
             A = T + (n * damping) * np.eye(nc, dtype=dtype)
-            K_t += np.linalg.solve(A, rhs).sum(axis=0)
+            K_t += _damped_unit_solve(A, rhs, damping).sum(axis=0)
         else:
             U, inverse, keep = _unit_eigh(T)
             if same:  # Theta_i^+ Theta_i is the projection onto the kept eigenvectors
@@ -520,7 +532,7 @@ def unit_wise_update(feat: Features, residual: np.ndarray, damping: float) -> li
                     T += (n * damping) * np.eye(nc, dtype=dtype)
                     # contiguous: batched solve is slow on a stride-0 view
                     rhs = np.repeat(r[None, :, None], T.shape[0], axis=0)
-                    z = np.linalg.solve(T, rhs)[..., 0]
+                    z = _damped_unit_solve(T, rhs, damping)[..., 0]
                 else:
                     U, inverse, _ = _unit_eigh(T)
                     z = (U @ (inverse * (r @ U))[..., None])[..., 0]  # Theta_i^+ r

@@ -172,8 +172,8 @@ def _invert_layer_kernels(Th: np.ndarray, dtype) -> list[np.ndarray]:
                 f"damping=0 with method 'block_tridiagonal' needs every per-layer NTK Theta_l to be "
                 f"invertible, but Theta_{l} is singular (smallest eigenvalue {w[0]:.3g}, largest "
                 f"{w[-1]:.3g}: under the pseudo-inverse cut-off of numeric._linalg); pass damping > 0 "
-                "(e.g. damping=1e-8), or use fewer inputs than the narrowest width, or "
-                "numeric.reference for the rho -> 0 limit of this small case"
+                "(e.g. damping=1e-8), or fewer inputs than the narrowest width; numeric.reference "
+                "(small sizes only) computes the rho -> 0 limit where it exists"
             )
         inverses.append((V / w) @ V.T)
     return inverses

@@ -473,3 +473,16 @@ def test_memory_is_checked_before_allocating(monkeypatch, method, kfac_damping):
         fast_kernel(feat, feat2, method, 1e-3, kfac_damping)
     with pytest.raises(MemoryError, match=rf"{name}_update"):
         fast_update(feat, r, method, 1e-3, kfac_damping)
+
+
+def test_unit_wise_damping_lost_in_round_off_is_a_clear_error():
+    """C = 2 unit Grams have rank <= N < N C; a damping below round-off makes the batched
+    solve singular, which must surface as a ValueError naming ``damping``, not a LinAlgError."""
+    import numeric
+
+    net = numeric.MLP([3, 5, 4, 2], activation="tanh", sigma_b=0.5, seed=0)
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match="damping=1e-30"):
+        numeric.preconditioned_kernel(net, X, numeric.Method.UNIT_WISE, 1e-30)
+    with pytest.raises(ValueError, match="damping=1e-30"):
+        numeric.natural_gradient(net, X, np.zeros((4, 2)), numeric.Method.UNIT_WISE, 1e-30)
