@@ -55,9 +55,17 @@ def _method_list(text: str) -> list[Method]:
         raise argparse.ArgumentTypeError(str(exc))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (their help states the default, which depends on --quick)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str, description: str, default_out: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
     s = DEFAULT_SETUP
     p.add_argument("--widths", type=_int_list, nargs="+", default=None,
                    help=f"width parameters M (default {','.join(map(str, DEFAULT_WIDTHS))}; "
@@ -275,7 +283,10 @@ def _plots(res, ctx, out: Path, checks_by_name) -> tuple[dict, str | None]:
             else:
                 lines.append((f"eta = {factor:g}/alpha", c["finite_loss"], c["theory_loss"]))
         if lines:
-            panels[f"{m.label} (M = {W[-1]})"] = lines
+            from .dynamics import training_not_applicable
+
+            skip = " - not judged, see report" if training_not_applicable(m) else ""
+            panels[f"{m.label} (M = {W[-1]}){skip}"] = lines
     if panels:
         files["training"] = P.plot_training(out / "training_loss.png", panels)
     if scatter:

@@ -12,7 +12,12 @@ import math
 import numpy as np
 
 __all__ = ["matplotlib_missing", "plot_deviation", "plot_training", "plot_test_predictions",
-           "LOSS_FLOOR"]
+           "set_width_axis", "LOSS_FLOOR"]
+
+#: Marker and line style cycles: series that coincide (GD's ``K = Theta / N`` and the NTK
+#: have the same relative deviation) stay distinguishable.
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
 
 #: Losses below this are drawn at it on the log axis (the theory at
 #: ``eta = 1/alpha`` is exactly 0 after one step).
@@ -38,6 +43,18 @@ def matplotlib_missing() -> str | None:
     return None
 
 
+def set_width_axis(ax, widths):
+    """Log-scaled width axis ticked and labelled at exactly ``widths`` (no ``2 x 10^2`` minor labels)."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([float(w) for w in widths])
+    ax.set_xticklabels([str(int(w)) for w in widths])
+    ax.set_xlabel("width M")
+
+
 def _grid(n: int):
     cols = min(3, max(1, n))
     rows = max(1, math.ceil(n / cols))
@@ -58,24 +75,26 @@ def plot_deviation(path, widths, series: dict, title: str = ""):
     w = np.asarray(widths, dtype=float)
     fig, ax = plt.subplots(figsize=(7, 5))
     anchors = []
-    for label, (mean, std, slope) in series.items():
+    for k, (label, (mean, std, slope)) in enumerate(series.items()):
         mean = np.asarray(mean, dtype=float)
         std = np.asarray(std, dtype=float)
         if not np.all(np.isfinite(mean)) or np.any(mean <= 0):
             continue
-        text = f"{label} (slope {slope:+.2f})" if slope is not None and np.isfinite(slope) else label
-        ax.errorbar(w, mean, yerr=np.minimum(std, 0.999 * mean), marker="o", capsize=3, label=text)
+        text = (f"{label} (slope {slope:+.2f})" if slope is not None and np.isfinite(slope)
+                else f"{label} (exact: damping level)")
+        ax.errorbar(w, mean, yerr=np.minimum(std, 0.999 * mean), marker=_MARKERS[k % len(_MARKERS)],
+                    linestyle=_LINESTYLES[k % len(_LINESTYLES)], capsize=3, label=text,
+                    markersize=7 if k % 2 else 5, alpha=0.9)
         if slope is not None and np.isfinite(slope):  # anchor the reference on the width-dependent ones
             anchors.append(float(np.exp(np.mean(np.log(mean * np.sqrt(w))))))
     if anchors:
         ref = float(np.exp(np.mean(np.log(anchors))))
-        ax.plot(w, ref / np.sqrt(w), "k--", lw=1, label=r"$\propto M^{-1/2}$")
-    ax.set_xscale("log")
+        ax.plot(w, ref / np.sqrt(w), "k:", lw=1.5, label=r"reference $\propto M^{-1/2}$")
+    set_width_axis(ax, widths)
     ax.set_yscale("log")
-    ax.set_xlabel("width M")
-    ax.set_ylabel("relative Frobenius deviation")
-    ax.set_title(title or "deviation vs width (mean over seeds, error bars: std)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("relative Frobenius deviation (mean over seeds, bars: std)")
+    ax.set_title(title or "deviation vs width", fontsize=9)
+    ax.legend(fontsize=7, loc="center right")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -102,6 +121,7 @@ def plot_training(path, panels: dict, title: str = ""):
             ax.plot(t, np.maximum(finite, LOSS_FLOOR), "o", color=color, label=f"finite, {lr_label}")
         ax.set_yscale("log")
         ax.set_title(label, fontsize=10)
+        ax.set_xticks(np.arange(max(len(c[1]) for c in curves)))
         ax.set_xlabel("step t")
         ax.set_ylabel("training loss")
         ax.legend(fontsize=7)
@@ -132,8 +152,9 @@ def plot_test_predictions(path, panels: dict, title: str = ""):
         lo = float(min(pred.min(), finite.min()))
         hi = float(max(pred.max(), finite.max()))
         pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="identity")
-        ax.plot(pred, finite, "o", ms=4)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="finite = predicted")
+        ax.plot(pred, finite, "o", ms=4, label="test inputs")
+        ax.legend(fontsize=7, loc="upper left")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("infinite-width prediction")
         ax.set_ylabel("finite network")

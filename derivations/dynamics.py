@@ -91,9 +91,13 @@ def judge_training(res, ctx, quantity: str, prefix: str, criterion: str) -> list
         if m in res.errors:
             continue
         e = q[quantity]
-        if np.all(np.isnan(e)):
-            continue  # not isotropic, or training disabled
         name = f"{prefix}: {m.label}"
+        if np.all(np.isnan(e)):
+            if not np.all(np.isnan(q["dynamics_error"])):  # trained, but nothing to compare with: say why
+                why = "; ".join(res.notes.get(m, [])) or "no closed form"
+                checks.append(Check(name, True, "skipped", criterion + "(no closed form)",
+                                    f"not checked: {why}"))
+            continue  # not isotropic, or training disabled
         reason = training_not_applicable(m)
         c = judge_convergence(name, ctx.config.widths, e, ctx.config.criteria, upper_bound=True)
         c.criterion = criterion + c.criterion

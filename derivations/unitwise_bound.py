@@ -140,13 +140,11 @@ def format_fits(result) -> str:
 
 def plot(result, path: Path) -> Path | None:
     """Deviation (markers) and bound (dashed) against ``M`` per ``rho``; ``None`` without matplotlib."""
-    try:
-        import matplotlib
+    from ._plots import _pyplot, matplotlib_missing, set_width_axis
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the plot (pip install matplotlib)", file=sys.stderr)
+    plt = _pyplot()
+    if plt is None:
+        print(matplotlib_missing(), file=sys.stderr)
         return None
     cfg = result["config"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -158,11 +156,12 @@ def plot(result, path: Path) -> Path | None:
         ax.loglog(M, [t["deviation"] for t in rows], "o-", color=c, label=f"deviation, rho={rho:g}")
         ax.loglog(M, [t["bound"] for t in rows], "--", color=c, label=f"bound, rho={rho:g}")
         dev0 = rows[0]["deviation"]
-        ax.loglog(M, dev0 * np.sqrt(M[0] / M), ":", color=c, alpha=0.5)
-    ax.set_xlabel("width M")
-    ax.set_ylabel("sup_t ||f_t - f_t^lin||_2")
+        ax.loglog(M, dev0 * np.sqrt(M[0] / M), ":", color=c, alpha=0.5,
+                  label=r"$\propto M^{-1/2}$" + f", rho={rho:g}")
+    set_width_axis(ax, cfg.widths)
+    ax.set_ylabel(r"$\sup_t \|f_t - f^{lin}_t\|_2$ (train inputs)")
     ax.set_title(f"unit-wise NGD vs linearisation ({cfg.activation}, L={cfg.depth}, N={cfg.n_samples}, "
-                 f"T={cfg.steps}); dotted: M^-1/2", fontsize=9)
+                 f"T={cfg.steps})\ndeviation (markers), bound (dashed)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._mlp import MLP, Features
-from ._validation import require_memory
+from ._validation import as_inputs, require_memory
 
 __all__ = ["forward_grams", "backward_grams", "broadcast_outputs", "layer_kernels",
            "layer_kernels_from_features"]
@@ -77,13 +77,21 @@ def layer_kernels(net: MLP, X, X2=None) -> np.ndarray:
     >>> bool(np.allclose(K, K.transpose(0, 2, 1)))
     True
     """
+    if not isinstance(net, MLP):
+        raise ValueError(f"net must be a numeric.MLP, got {type(net).__name__}; build one with numeric.MLP(widths)")
+    # validate (and size) before any allocation: the features alone are O(N C sum_l M_l)
+    X = as_inputs(X, net.widths[0], net.dtype, "X")
+    X2 = None if X2 is None else as_inputs(X2, net.widths[0], net.dtype, "X2")
+    n = X.shape[0]
+    n2 = n if X2 is None else X2.shape[0]
+    C, L = net.n_outputs, net.depth
+    itemsize = net.dtype.itemsize
+    features = itemsize * (C + 4) * sum(net.widths) * (n + (0 if X2 is None else n2))
+    require_memory(
+        features + itemsize * (3 * L * n * C * n2 * C + L * n * n2),
+        f"layer_kernels with L = {L}, N = {n}, N2 = {n2}, C = {C}, widths = {net.widths}",
+        "use fewer inputs or outputs (the result alone is L x N C x N2 C) or narrower layers",
+    )
     feat = net.features(X, "X")
     feat2 = feat if X2 is None else net.features(X2, "X2")
-    n, n2, C, L = feat.outputs.shape[0], feat2.outputs.shape[0], net.n_outputs, net.depth
-    itemsize = net.dtype.itemsize
-    require_memory(
-        itemsize * (3 * L * n * C * n2 * C + L * n * n2),
-        f"layer_kernels with L = {L}, N = {n}, N2 = {n2}, C = {C}",
-        "use fewer inputs or outputs (the result alone is L x N C x N2 C)",
-    )
     return layer_kernels_from_features(feat, feat2)

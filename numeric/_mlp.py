@@ -120,20 +120,26 @@ class MLP:
     def __init__(self, widths, activation="relu", sigma_w=2**0.5, sigma_b=0.0, seed=0,
                  dtype=np.float64):
         widths = _check_widths(widths)
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation={activation!r} is not supported; use one of "
                 + ", ".join(repr(a) for a in ACTIVATIONS)
             )
-        sigma_w = float(sigma_w)
-        sigma_b = float(sigma_b)
+        sigma_w = _as_float(sigma_w, "sigma_w")
+        sigma_b = _as_float(sigma_b, "sigma_b")
         if not (math.isfinite(sigma_w) and sigma_w > 0):
             raise ValueError(f"sigma_w={sigma_w!r} must be a finite positive number")
         if not (math.isfinite(sigma_b) and sigma_b >= 0):
             raise ValueError(f"sigma_b={sigma_b!r} must be a finite number >= 0 (0 disables biases)")
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype={dtype!r} is not a numpy dtype; use numpy.float64 or numpy.float32") from None
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype={dtype} is not supported; use numpy.float64 or numpy.float32")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            # an explicit integer seed keeps every draw reproducible (no entropy from the OS)
+            raise ValueError(f"seed={seed!r} must be an integer >= 0 (the seed of numpy.random.default_rng)")
         self.widths = widths
         self.activation = activation
         self.sigma_w = sigma_w
@@ -180,8 +186,11 @@ class MLP:
                 W, b = pair
             except (TypeError, ValueError):
                 raise ValueError(f"params[{k}] must be a pair (W, b)") from None
-            W = np.array(W, dtype=self.dtype)
-            b = np.array(b, dtype=self.dtype)
+            try:
+                W = np.array(W, dtype=self.dtype)
+                b = np.array(b, dtype=self.dtype)
+            except (TypeError, ValueError):
+                raise ValueError(f"params[{k}] must hold numeric arrays W {W_old.shape} and b {b_old.shape}") from None
             if W.shape != W_old.shape or b.shape != b_old.shape:
                 raise ValueError(
                     f"params[{k}] has shapes {W.shape}, {b.shape}; layer {k + 1} needs "
@@ -246,11 +255,25 @@ class MLP:
                 f"sigma_b={self.sigma_b:g}, seed={self.seed}, dtype={self.dtype.name})")
 
 
-def _check_widths(widths):
+def _as_float(value, argument: str) -> float:
     try:
-        widths = [int(w) for w in widths]
+        return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"widths={widths!r} must be a sequence of positive integers [M_0, ..., M_L]") from None
+        raise ValueError(f"{argument}={value!r} must be a finite number") from None
+
+
+def _check_widths(widths):
+    message = f"widths={widths!r} must be a sequence of positive integers [M_0, ..., M_L]"
+    if isinstance(widths, (str, bytes)):
+        raise ValueError(message)
+    try:
+        values = list(widths)
+    except TypeError:
+        raise ValueError(message) from None
+    # integers only: int(2.5) would silently truncate a width
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in values):
+        raise ValueError(message)
+    widths = [int(w) for w in values]
     if len(widths) < 2:
         raise ValueError(
             f"widths={widths!r} has length {len(widths)}; give at least [M_0, M_L] "

@@ -88,8 +88,11 @@ def _estimate_bytes(net: MLP, n: int, n2: int, method: Method, with_update: bool
     if method is Method.BLOCK_TRIDIAGONAL:
         kernels += 8 * 4 * (L * nc) ** 2 + 8 * 2 * L * nc * max(nc, n2c)
     elif method is Method.UNIT_WISE:
-        # batched per-unit N x N Grams and their factorisations
-        kernels += 8 * 4 * sum(widths[1:]) * n * max(n, n2 if n2 else n)
+        # batched per-unit N C x N C Grams and their factorisations, chunked over the units of a
+        # layer to about _approx.CHUNK_BYTES (as _approx plans it), plus the N x N forward Gram
+        per_unit = item * (4 * nc * nc + 3 * max(nc, n2c) * nc)
+        kernels += max(min(m * per_unit, max(per_unit, _approx.CHUNK_BYTES)) for m in widths[1:])
+        kernels += 8 * 2 * nc * nc
     elif method is Method.KFAC:
         kernels += 8 * 4 * (n * nc) ** 2 / max(nc, 1) + 8 * 4 * L * nc * nc
     update = item * 3 * net.n_params if with_update else 0
@@ -121,9 +124,10 @@ def psd_solve(A: np.ndarray, B: np.ndarray, shift: float, dtype=np.float64) -> n
     """``(A + shift I)^+ B`` for a symmetric positive semi-definite ``A``, in float64.
 
     Cholesky when ``shift > 0`` and the shifted matrix is numerically positive
-    definite; otherwise a symmetric eigendecomposition whose eigenvalues below
-    ``n eps(dtype) max|w|`` are dropped (the pseudo-inverse, i.e. the ``shift -> 0``
-    limit when ``shift == 0``).  ``dtype`` is the precision ``A`` was computed in.
+    definite; otherwise a symmetric eigendecomposition whose eigenvalues under the
+    cut-off of :func:`numeric._linalg.pinv_keep` (``pinv_rcond(dtype) max|w|``, and every
+    negative one) are dropped (the pseudo-inverse, i.e. the ``shift -> 0`` limit when
+    ``shift == 0``).  ``dtype`` is the precision ``A`` was computed in.
 
     >>> A = np.array([[2.0, 0.0], [0.0, 0.0]])
     >>> psd_solve(A, np.eye(2), 0.0)

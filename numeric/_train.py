@@ -154,7 +154,15 @@ def train(net, X, Y, method, lr, damping, steps, X_test=None, Y_test=None, *,
         feat = model.features(X, "X")
         train_outputs[t] = feat.outputs
         update = update_from_features(feat, feat.outputs - Y, method, damping, kfac_damping)
-        model.params = [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(model.params, update)]
+        stepped = [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(model.params, update)]
+        if not all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in stepped):
+            # not bad input but divergence: say which argument to change (nothing is returned)
+            raise ValueError(
+                f"lr={lr!r}: {method.value} training diverged at step {t + 1} of {steps} (parameters "
+                "overflowed to inf/nan); use a smaller lr (isotropic methods converge for "
+                "0 < lr < 2/alpha, theory.md section 1) or a larger damping"
+            )
+        model.params = stepped
     return Trajectory(
         train_outputs=train_outputs,
         train_loss=_loss(train_outputs, Y),

@@ -64,6 +64,8 @@ def as_targets(Y, n: int, n_outputs: int, dtype, argument: str = "Y") -> np.ndar
 def check_damping(damping, argument: str = "damping") -> float:
     """A finite ``damping >= 0`` (0 means the ``rho -> 0`` pseudo-inverse limit)."""
     try:
+        if isinstance(damping, (bool, np.bool_)):  # float(True) == 1.0 would hide a mix-up
+            raise TypeError
         value = float(damping)
     except (TypeError, ValueError):
         raise ValueError(f"{argument}={damping!r} must be a number >= 0") from None
@@ -83,6 +85,8 @@ def check_positive_int(value, argument: str, minimum: int = 1) -> int:
 
 def check_learning_rate(lr, argument: str = "lr") -> float:
     try:
+        if isinstance(lr, (bool, np.bool_)):  # float(True) == 1.0 would hide a mix-up
+            raise TypeError
         value = float(lr)
     except (TypeError, ValueError):
         raise ValueError(f"{argument}={lr!r} must be a finite positive number") from None

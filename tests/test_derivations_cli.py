@@ -19,6 +19,7 @@ import pytest
 
 from derivations._common import Criteria, fit_rate, judge_convergence, judge_non_isotropic
 from derivations._report import fmt, markdown_table, to_jsonable
+from ngdsym.methods import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,8 +111,7 @@ def test_quick_command_writes_report_and_exits_zero(tmp_path):
     assert "## Derivations" in report and "## Checks" in report
     data = json.loads((out / "results.json").read_text())
     assert data["schema"] == "ngdsym.derivations/1" and data["passed"] is True
-    assert set(data["methods"]) == {"gd", "exact", "block_diagonal", "block_tridiagonal", "kfac", "unit_wise",
-                                    "diagonal"}
+    assert set(data["methods"]) == {m.value for m in Method}
     assert all(c["passed"] for c in data["checks"])
     pytest.importorskip("matplotlib")
     for png in ("deviation_vs_width.png", "training_loss.png", "test_predictions.png"):
