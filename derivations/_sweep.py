@@ -29,7 +29,7 @@ import numpy as np
 from ngdsym.methods import KFACDamping, Method
 
 from ._common import (DEFAULT_CRITERIA, DEFAULT_DAMPING, DEFAULT_SETUP, DEFAULT_WIDTHS, Criteria,
-                      Setup, progress, relative_frobenius, require, synthetic_data)
+                      Setup, kernel_damping, progress, relative_frobenius, require, synthetic_data)
 
 __all__ = ["SweepConfig", "Context", "SweepResult", "run_sweep", "LR_FACTORS"]
 
@@ -184,7 +184,8 @@ def measure_kernel(net, ctx: Context, method: Method, M: int) -> dict:
     pk = require("numeric", "preconditioned_kernel", "issue 2")
     cfg = ctx.config
     t0 = time.perf_counter()
-    K = np.asarray(pk(net, ctx.X, method, cfg.damping, kfac_damping=cfg.kfac_damping), dtype=float)
+    K = np.asarray(pk(net, ctx.X, method, kernel_damping(method, cfg.damping), kfac_damping=cfg.kfac_damping),
+                   dtype=float)
     seconds = time.perf_counter() - t0
     nc = K.shape[0]
     a_meas = float(np.trace(K) / nc)

@@ -106,7 +106,7 @@ def test_preconditioned_kernel_converges_to_derived_limit(case):
     :func:`derivations._common.judge_convergence` decides which and applies the
     criterion stated in the module docstring.  8 seeds per width (kernels only).
 
-    Unit-wise is measured at ``rho = 0`` (``numeric``'s per-unit pseudo-inverse, the
+    Unit-wise is measured at ``rho = 0`` (:func:`derivations._common.kernel_damping`; ``numeric``'s per-unit pseudo-inverse, the
     ``rho -> 0`` limit the claim is about), not at the drawn ``rho``: its damping error
     per unit is ``~ N rho / lambda_min(Theta_{l,i})`` and ``Theta_{l,i}`` scales with the
     unit's squared outgoing weight, which is unbounded below (measured: tanh, M_1 = 32,
@@ -121,7 +121,7 @@ def test_preconditioned_kernel_converges_to_derived_limit(case):
     """
     method, family = case
     unit_wise = method is Method.UNIT_WISE
-    res, ctx = _sweep(family, (method,), seeds=32 if unit_wise else 8, damping=0.0 if unit_wise else None)
+    res, ctx = _sweep(family, (method,), seeds=32 if unit_wise else 8)
     assert method not in res.errors, res.errors.get(method)
     (check,) = judge_kernel(res, ctx, method)
     assert check.kind != "skipped", f"{method}: no closed form to compare with: {check.detail}"
