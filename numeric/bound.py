@@ -71,6 +71,7 @@ from ngdsym.methods import Method
 from ._kernels import broadcast_outputs, layer_kernels_from_features
 from ._mlp import MLP, Features
 from ._precond import natural_gradient, preconditioned_kernel
+from ._train import _progress
 from ._validation import (as_inputs, as_targets, check_damping, check_learning_rate, check_positive_int,
                           require_memory)
 
@@ -377,14 +378,6 @@ class DeviationMeasurement:
 
 
 # ----------------------------------------------------------------- measurement
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 def measure_deviation(net, X, Y, lr, damping, steps, *, midpoints=True, progress=False) -> DeviationMeasurement:
