@@ -120,48 +120,54 @@ def _residual_rows(delta: np.ndarray, residual: np.ndarray) -> np.ndarray:
 
 
 class _FactorBasis:
-    """Eigenbasis of a Kronecker factor ``R^T R / N`` restricted to what the kernel needs.
+    """Eigenbasis of a Kronecker factor ``R^T R / N``, as the kernel and the update need it.
 
-    ``R`` (``n_rows x dim``) holds the factor's rows (``Delta`` or ``Hbar``).  With
-    ``R^T R = W diag(values) W^T`` this keeps ``values``, ``coords = R W`` and
-    ``coords2 = R2 W`` (the rows of ``X2``).  When ``dim > n_rows`` the eigenpairs
-    come from the dual ``R R^T = U diag(values) U^T`` (push-through: ``W = R^T U
-    values^{-1/2}``, ``coords = U values^{1/2}``, ``coords2 = (R2 R^T) U
-    values^{-1/2}``), so no ``dim x dim`` matrix is formed; only the range of
-    ``R^T`` is kept, which suffices because every vector the inverse acts on
-    (``J^T`` columns, ``grad L``) lies in it.  In the primal (``dim <= n_rows``)
-    all eigenpairs are kept when ``keep_null`` (damped case); the dual always
-    drops eigenvalues under the pseudo-inverse cutoff (they would be divided by).
+    ``R`` (``n_rows x dim``) holds the factor's rows (``Delta`` or ``Hbar``); with
+    ``R^T R = W diag(values) W^T`` the kernel needs the products
+    ``partner[:, i] coords[:, i]`` with ``coords = R W`` (training rows) and
+    ``partner = R2 W`` (rows of ``X2``, or ``R`` itself), and the update needs
+    ``W @ c``.  Each eigen-index may be rescaled (``coords * s``, ``partner / s``,
+    ``lift = W / s``) without changing any of these.
+
+    * Primal (``dim <= n_rows``): ``eigh(R^T R)``, no rescaling.
+    * Dual (``dim > n_rows``, no ``dim x dim`` matrix is formed): with
+      ``R R^T = U diag(values) U^T`` the push-through gives ``W = R^T U
+      values^{-1/2}``; rescaled by ``s = values^{-1/2}`` this is ``coords = U``,
+      ``partner = (R2 R^T) U`` (``U values`` for ``R2 = R``), ``lift = R^T U``:
+      nothing is divided by an eigenvalue, so the damped case keeps *every*
+      eigenpair (a null direction of ``R R^T`` has ``partner = 0`` and
+      ``R^T U_i = 0`` up to round-off, which is what the exact formula says).
+
+    ``keep_null=False`` (``rho = 0``, pseudo-inverse) drops the eigenvalues under
+    the cut-off of :func:`~numeric._linalg.pinv_keep`; otherwise all are kept
+    (clipped at 0), so a damped result carries no truncation error.
     """
 
     def __init__(self, R: np.ndarray, R2: np.ndarray | None, keep_null: bool):
         n_rows, dim = R.shape
         self._R = R
-        if dim <= n_rows:
-            values, W = np.linalg.eigh(R.T @ R)
-            if keep_null:
-                values = np.maximum(values, 0)
-            else:
-                keep = pinv_keep(values, values.dtype, psd=True)
-                values, W = values[keep], W[:, keep]
-            self._W, self._dual = W, None
-            self.coords = R @ W
-            self.coords2 = None if R2 is None else R2 @ W
+        primal = dim <= n_rows
+        values, V = np.linalg.eigh(R.T @ R if primal else R @ R.T)
+        if keep_null:
+            values = np.maximum(values, 0)
         else:
-            values, U = np.linalg.eigh(R @ R.T)
             keep = pinv_keep(values, values.dtype, psd=True)
-            values, U = values[keep], U[:, keep]
-            root = np.sqrt(values)
-            self._W, self._dual = None, U / root
-            self.coords = U * root
-            self.coords2 = None if R2 is None else (R2 @ R.T) @ self._dual
+            values, V = values[keep], V[:, keep]
         self.values = values
+        if primal:
+            self._W, self._U = V, None
+            self.coords = R @ V
+            self.partner = self.coords if R2 is None else R2 @ V
+        else:
+            self._W, self._U = None, V
+            self.coords = V
+            self.partner = V * values if R2 is None else (R2 @ R.T) @ V
 
     def lift(self, coefficients: np.ndarray) -> np.ndarray:
-        """``W @ coefficients``: from eigen-coordinates back to the factor's index space."""
-        if self._dual is None:
+        """``W @ coefficients`` (rescaled as ``coords``): eigen-coordinates to the factor's index space."""
+        if self._U is None:
             return self._W @ coefficients
-        return self._R.T @ (self._dual @ coefficients)
+        return self._R.T @ (self._U @ coefficients)
 
 
 def _kfac_layer_bases(D, H, D2, H2, keep_null):
@@ -251,8 +257,7 @@ def kfac_kernel(feat: Features, feat2: Features, damping: float, kfac_damping) -
         H2 = None if same else feat2.hbar[k]
         basis_B, basis_A = _kfac_layer_bases(D, H, D2, H2, keep_null)
         Dc, Hc = basis_B.coords, basis_A.coords
-        D2c = Dc if same else basis_B.coords2
-        H2c = Hc if same else basis_A.coords2
+        D2c, H2c = basis_B.partner, basis_A.partner
         b = basis_B.values / n
         a = basis_A.values / n
         if kfac_damping is KFACDamping.FACTORS:
