@@ -153,15 +153,16 @@ def plot(result, path: Path) -> Path | None:
         rows = [t for t in result["table"] if t["rho"] == rho]
         M = np.array([t["M"] for t in rows], float)
         c = colors[k % len(colors)]
-        ax.loglog(M, [t["deviation"] for t in rows], "o-", color=c, label=f"deviation, rho={rho:g}")
-        ax.loglog(M, [t["bound"] for t in rows], "--", color=c, label=f"bound, rho={rho:g}")
+        ax.loglog(M, [t["deviation"] for t in rows], "o-", color=c, label=rf"deviation, $\rho$={rho:g}")
+        ax.loglog(M, [t["bound"] for t in rows], "--", color=c, label=rf"bound $\sqrt{{N}}\,b(T;R)$, $\rho$={rho:g}")
         dev0 = rows[0]["deviation"]
         ax.loglog(M, dev0 * np.sqrt(M[0] / M), ":", color=c, alpha=0.5,
-                  label=r"$\propto M^{-1/2}$" + f", rho={rho:g}")
+                  label=r"$\propto M^{-1/2}$ (theorem's rate)" + rf", $\rho$={rho:g}")
     set_width_axis(ax, cfg.widths)
     ax.set_ylabel(r"$\sup_t \|f_t - f^{lin}_t\|_2$ (train inputs)")
     ax.set_title(f"unit-wise NGD vs linearisation ({cfg.activation}, L={cfg.depth}, N={cfg.n_samples}, "
-                 f"T={cfg.steps})\ndeviation (markers), bound (dashed)", fontsize=9)
+                 f"T={cfg.steps}, lr={cfg.lr:g})\ndeviation (markers, mean over seeds), "
+                 r"a-posteriori bound with $A = \max(1, \hat A)$ (dashed)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

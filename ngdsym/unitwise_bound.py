@@ -49,7 +49,8 @@ holds, then every iterate stays in that ball, ``R <= 2 R_0``, and the bound hold
 Consequences, under ``A >= 1``, ``0 < rho <= 1``:
 
 * horizon form: ``b(T; R) <= 2 eta^2 T^2 R^2 A^5 rho^{-3} / sqrt(M)``
-  (exponents ``A^5``, ``rho^{-3}``, ``M^{-1/2}``);
+  (exponents ``A^5``, ``rho^{-3}``, ``M^{-1/2}``; these are the exponents of ``b`` itself
+  for ``T >= 2``, while for ``T = 1`` the drift terms vanish and ``b = eta^2 A^3 R^2 / (2 rho^2 sqrt(M))``);
 * with the learning rate in the safe range ``eta <= 2 rho / A^2``:
   ``b(T; R) <= 4 eta T^2 R^2 A^3 rho^{-2} / sqrt(M) <= C' A^3 rho^{-6} / sqrt(M)``,
   so ``sup_t ||f_t - f^lin_t||_2 <= C A^3 rho^{-6} / sqrt(M)`` with
@@ -57,9 +58,16 @@ Consequences, under ``A >= 1``, ``0 < rho <= 1``:
   and is loose by ``rho^{-4}``.  Without the learning-rate condition the chain gives
   ``A^5 rho^{-3}``, which implies the ``A^3 rho^{-6}`` form only when
   ``A^2 rho^3 <= 1``; ``A >= 1, rho <= 1`` alone do not suffice.
+* ``C`` is proportional to ``eta``, whose admissible range ``eta <= 2 rho / A^2`` itself
+  depends on ``A`` and ``rho``: at the largest safe learning rate the same chain gives
+  ``32 sqrt(N) T^2 R_0^2 A rho^{-1} / sqrt(M)`` (form ``"largest_safe_rate_l2"``), so the
+  ``A^3 rho^{-6}`` form is an upper bound for every fixed admissible ``eta``, not the
+  chain's true dependence on ``A`` and ``rho``.
 
 Proof sketch (each line is a :class:`ProofStep`; ``S_t = ||theta_t - theta_0||``):
-``||G|| <= 1/rho``; ``||theta_{t+1} - theta_t|| <= eta A R / rho``; ``S_t <= eta A R t / rho``;
+``||G|| <= 1/rho``; ``K_0`` is symmetric PSD (``G_0`` is SPD), so under (H3)
+``||I - eta K_0|| = max |1 - eta kappa| <= 1`` over its eigenvalues ``kappa in [0, lambda_max]``
+and ``||e^lin_t|| <= ||e_0||``; ``||theta_{t+1} - theta_t|| <= eta A R / rho``; ``S_t <= eta A R t / rho``;
 ``||Jn_t - Jn_0|| <= A S_t / sqrt(M)``; ``||F_hat_t - F_hat_0|| <= 2 A ||Jn_t - Jn_0||``
 (per-unit blocks are column blocks of ``Jn``); ``||G_t - G_0|| <= ||F_hat_t - F_hat_0|| / rho^2``
 (``G - G' = G (F_hat' - F_hat) G'``); the mean-value Jacobian ``Jbar_t`` of the step obeys
@@ -71,9 +79,10 @@ gives ``b(T; R)``.
 Scope: ``phi`` must be ``C^1`` for ``f(theta_{t+1}) - f(theta_t) = Jbar_t (theta_{t+1} - theta_t)``
 with a genuine Lipschitz ``A``; for ReLU, ``Jn`` jumps where a pre-activation changes
 sign and (H2) fails on any ball that crosses such a point, so ReLU measurements are
-an empirical check only.  At fixed ``rho > 0`` and ``M -> oo`` the per-unit Fisher blocks
-are ``O(1/M)``, so unit-wise NGD becomes gradient descent with learning rate
-``eta / rho``; the isotropic regime of theory.md section 2 needs ``rho << 1/(M N)``, where
+an empirical check only.  At fixed ``rho > 0`` and ``M -> oo`` the Fisher blocks of the
+hidden units are ``O(1/M)``, so on the hidden layers unit-wise NGD becomes gradient descent
+with learning rate ``eta / rho`` (the single output unit's block stays ``O(1)`` and keeps its
+damped natural-gradient step); the isotropic regime of theory.md section 2 needs ``rho << 1/(M N)``, where
 this bound is far from tight.
 
 Examples
@@ -83,6 +92,8 @@ Examples
 >>> thm.exponents["bound"] == {"A": 5, "rho": -3, "M": sp.Rational(-1, 2)}
 True
 >>> thm.exponents["safe_rate"] == {"A": 3, "rho": -2, "M": sp.Rational(-1, 2)}
+True
+>>> thm.exponents["largest_safe_rate_l2"] == {"A": 1, "rho": -1, "M": sp.Rational(-1, 2)}
 True
 >>> all(check.holds for check in thm.implications if check.expected)
 True
@@ -224,13 +235,15 @@ class UnitWiseBound:
         ``"bound"``: ``b(T; R)`` (normalised, ``||d_t|| <= b``), ``"bound_l2"``:
         ``sqrt(N) b(T; R)``, ``"a_priori"``: ``b(T; 2 R_0)``, ``"a_priori_l2"``,
         ``"horizon"`` (``A >= 1, rho <= 1``), ``"safe_rate"`` (also ``eta <= 2 rho/A^2``),
+        ``"safe_rate_l2"`` (its ``sqrt(N)``, a priori form), ``"largest_safe_rate_l2"`` (that at
+        ``eta = 2 rho / A^2``),
         ``"paper"``: ``C A^3 rho^{-6} / sqrt(M)`` (``l2``, a priori), ``"paper_constant"``: ``C``.
     conditions : dict str -> sympy.Expr or Relational
         ``"learning_rate_max"`` (``2 rho / A^2``), ``"radius"`` (``D``), ``"width"``
         (``b(T; 2 R_0) <= R_0``), ``"min_width"`` (``M`` solving it with equality).
     exponents : dict str -> dict
         Leading exponents of ``A`` (``A -> oo``), ``rho`` (``rho -> 0``), ``M`` (``M -> oo``)
-        of each form, from :func:`leading_exponent`.
+        of each form, from :func:`leading_exponent` (``T`` generic, i.e. ``T >= 2``).
     implications : tuple of Implication
     """
 
@@ -402,13 +415,14 @@ def unit_wise_bound() -> UnitWiseBound:
     # 2. lambda_max(K_0) <= ||Jn_0||^2 ||G_0||; (H3): |1 - eta kappa| <= 1 on [0, lambda_max]
     kappa = add("kernel_norm", r"\lambda_{\max}(K_0) = \|\tilde J_0 G_0 \tilde J_0^\top\|",
                 Q.J_0**2 * G_norm, (Q.J_0**2 * G_norm).subs(Q.J_0, A),
-                r"$K_0$ is symmetric PSD; submultiplicativity, step 1, (H1)")
+                r"$G_0$ is symmetric positive definite (step 1), so $K_0 = \tilde J_0 G_0 \tilde J_0^\top$ is "
+                r"symmetric PSD and $\lambda_{\max}(K_0) = \|K_0\|$; submultiplicativity, step 1, (H1)")
     eta_max = sp.solve(sp.Eq(1 - eta * kappa, -1), eta)[0]
 
     # 3. the linearised residual does not grow under (H3)
     add("linear_residual", r"\|e^{\mathrm{lin}}_t\|", R_0, R_0,
-        r"$\|I - \eta K_0\| = \max_{\kappa} |1 - \eta \kappa| \le 1$ for $\kappa \in [0, \lambda_{\max}(K_0)]$ "
-        r"under (H3)")
+        r"$I - \eta K_0$ is symmetric (step 2), so $\|I - \eta K_0\| = \max_{\kappa} |1 - \eta \kappa| \le 1$ "
+        r"over its eigenvalues $\kappa \in [0, \lambda_{\max}(K_0)]$ under (H3); $\|e_0\| \le R_0$")
 
     # 4. one step: ||eta G_t Jn_t^T e_t|| <= eta ||G_t|| ||Jn_t|| ||e_t||
     step_local = eta * G_norm * Q.J_t * Q.e_t
@@ -487,6 +501,8 @@ def unit_wise_bound() -> UnitWiseBound:
     # safe learning rate: b = eta^2 c(...) <= eta * eta_max * c(...)
     safe_rate = dominate(sp.expand(bound / eta * eta_max), increasing=[A, T], decreasing=[rho])
     safe_rate_l2 = sp.sqrt(N) * safe_rate.subs(R, 2 * R_0)
+    # C of the paper form is proportional to eta, whose range depends on A and rho: the largest safe rate
+    largest_safe_rate_l2 = sp.factor(safe_rate_l2.subs(eta, eta_max))
     paper_constant, paper = with_target_exponents(safe_rate_l2)
     horizon_constant, horizon_paper = with_target_exponents(horizon)
 
@@ -498,6 +514,7 @@ def unit_wise_bound() -> UnitWiseBound:
         "horizon": horizon,
         "safe_rate": safe_rate,
         "safe_rate_l2": safe_rate_l2,
+        "largest_safe_rate_l2": largest_safe_rate_l2,
         "paper": paper,
         "paper_constant": paper_constant,
     }
@@ -509,7 +526,7 @@ def unit_wise_bound() -> UnitWiseBound:
     }
     exponents = {
         name: {x.name: leading_exponent(forms[name], x, pt) for x, pt in ((A, sp.oo), (rho, 0), (M, sp.oo))}
-        for name in ("bound", "a_priori", "horizon", "safe_rate", "paper")
+        for name in ("bound", "a_priori", "horizon", "safe_rate", "largest_safe_rate_l2", "paper")
     }
 
     # ------------------------------------------------------------ implications
@@ -630,7 +647,7 @@ def _render(thm: UnitWiseBound, style: str) -> str:
         r"$K_0 = \tilde J_0 G_0 \tilde J_0^\top$, $e^{\mathrm{lin}}_0 = e_0$; $d_t = e_t - e^{\mathrm{lin}}_t$, "
         r"$S_t = \|\theta_t - \theta_0\|$; $M$ is the smallest hidden width.")
     hyps = [
-        r"$\phi \in C^1$; $B$ is a convex set containing $\theta_0, \ldots, \theta_T$ on which",
+        r"$\phi \in C^1$; $B$ is a convex set containing $\theta_0, \ldots, \theta_T$ on which "
         r"(H1) $\|\tilde J(\theta)\| \le A$ and (H2) $\sqrt{M} \|\tilde J(\theta) - \tilde J(\theta')\| \le A \|\theta - \theta'\|$;",
         r"(H3) $\eta \lambda_{\max}(K_0) \le 2$, implied by $\eta \le$ " + m(C["learning_rate_max"]) + ";",
         r"$\rho > 0$, $\eta > 0$, $T \ge 1$, and $R = \max_{t < T} \|e_t\|$.",
@@ -642,16 +659,21 @@ def _render(thm: UnitWiseBound, style: str) -> str:
                 + m(C["min_width"]) + r"), then all iterates stay in the ball, $R \le 2 R_0$ and "
                 r"$\sup_{t \le T} \|f_t - f^{\mathrm{lin}}_t\|_2 \le$ " + m(F["a_priori_l2"]) + ".")
     consequences = [
-        r"horizon form: $b(T; R) \le$ " + m(F["horizon"]) + f" (leading exponents {exps('horizon')});",
+        r"horizon form: $b(T; R) \le$ " + m(F["horizon"]) + f" (leading exponents {exps('horizon')}, "
+        r"those of $b$ itself for $T \ge 2$; at $T = 1$, $b =$ " + m(F["bound"].subs(SYMBOLS.T, 1)) + ");",
         r"if also $\eta \le$ " + m(C["learning_rate_max"]) + r": $b(T; R) \le$ " + m(F["safe_rate"])
         + f" (exponents {exps('safe_rate')}), so a priori "
         r"$\sup_{t \le T} \|f_t - f^{\mathrm{lin}}_t\|_2 \le$ " + m(F["safe_rate_l2"]) + r" $\le C A^3 \rho^{-6} / \sqrt{M}$ "
         r"with $C =$ " + m(F["paper_constant"]) + r" (the paper's form; loose by $\rho^{-4}$);",
         r"without the learning-rate condition the chain gives $A^5 \rho^{-3}$, which implies the "
-        r"$A^3 \rho^{-6}$ form only when $A^2 \rho^3 \le 1$ ($A \ge 1$, $\rho \le 1$ alone do not suffice).",
+        r"$A^3 \rho^{-6}$ form only when $A^2 \rho^3 \le 1$ ($A \ge 1$, $\rho \le 1$ alone do not suffice);",
+        r"$C$ is proportional to $\eta$, whose range depends on $A$ and $\rho$: at $\eta = 2\rho/A^2$ the "
+        r"a priori bound is " + m(F["largest_safe_rate_l2"]) + f" (exponents {exps('largest_safe_rate_l2')}).",
     ]
     proof = [
-        f"{k}. " + m(st.quantity) + r" $\le$ " + m(st.local) + r" $\le$ " + m(st.bound) + " -- " + p(st.reason)
+        f"{k}. " + m(st.quantity) + r" $\le$ " + m(st.local)
+        + ("" if sp.simplify(st.local - st.bound) == 0 else r" $\le$ " + m(st.bound))  # no "x <= x"
+        + " -- " + p(st.reason)
         for k, st in enumerate(thm.steps, start=1)
     ]
     checks = [

@@ -157,6 +157,10 @@ def unit_wise_fisher_distances(feat_a: Features, feat_b: Features, damping: floa
     n, C = feat_a.outputs.shape
     if C != 1:
         raise ValueError(f"unit_wise_fisher_distances needs C = 1 output (the theorem's setting), got C = {C}")
+    # per layer: F(a), F(b), their difference, two inverses and the product, (M_l, r, r) each, r <= 2N
+    widest = max(np.shape(d)[-1] for d in feat_a.delta)
+    require_memory(6 * 8 * widest * (2 * n) ** 2, f"unit_wise_fisher_distances with N = {n}, M = {widest}",
+                   "use fewer training inputs N or narrower layers")
     fisher_gap, precond_gap = 0.0, 0.0
     for Da, Db, Ha, Hb in zip(feat_a.delta, feat_b.delta, feat_a.hbar, feat_b.hbar):
         Z = np.concatenate([np.asarray(Ha, np.float64), np.asarray(Hb, np.float64)])  # (2N, m_in + 1)
@@ -200,7 +204,8 @@ class InequalityCheck:
     """``lhs <= rhs`` elementwise, for one proof step on one trajectory.
 
     ``kind`` is ``"local"`` (the step's inequality with the measured inputs of the
-    same step) or ``"chain"`` (the composed bound with ``A_hat`` and ``R``).
+    same step), ``"chain"`` (the composed bound with ``A_hat`` and ``R``) or ``"a_priori"``
+    (the a priori conclusions, ``R = 2 R_0``, checked when (H3) and the width condition hold).
     """
 
     name: str
@@ -298,7 +303,16 @@ class DeviationMeasurement:
         return self.deviation_norms / math.sqrt(self.n_samples)
 
     def checks(self) -> list[InequalityCheck]:
-        """Every inequality of the proof on this trajectory, local and chained (see :class:`InequalityCheck`)."""
+        """Every inequality of the proof on this trajectory, local and chained (see :class:`InequalityCheck`).
+
+        ``jacobian_drift``/local cannot fail by construction (it is (H2) at the pairs
+        ``(theta_0, theta_t)``, which enter ``A_hat``) and is kept as a consistency check;
+        ``preconditioner_norm`` (``||G|| <= 1/rho``, exact) is not listed.  ``segment_drift``
+        (``||Jbar_t - Jn_0||``, an integral over the step) is not measured on its own; it enters
+        the measured ``linearisation_error`` check, whose right-hand side uses ``A_hat`` for it.
+        When (H3) and the width condition hold, the a priori conclusions are checked too:
+        ``||theta_t - theta_0|| <= D``, ``||e_t|| <= 2 R_0`` and ``||d_t|| <= b(T; 2 R_0)``.
+        """
         from ngdsym.unitwise_bound import unit_wise_bound
 
         thm = unit_wise_bound()
@@ -355,6 +369,15 @@ class DeviationMeasurement:
             InequalityCheck("deviation", "chain", dev, chain("deviation", t_all)),
             InequalityCheck("residual", "local", e, self.R_0 + dev),
         ]
+        if self.width_condition and self.hypotheses.get("nonexpansive", False):
+            prior = dict(A=self.A, rho=self.damping, eta=self.lr, R_0=self.R_0, T=T)
+            out += [
+                InequalityCheck("radius", "a_priori", self.displacements,
+                                np.full(T + 1, thm.evaluate("radius", **prior))),
+                InequalityCheck("residual", "a_priori", e, np.full(T + 1, 2 * self.R_0)),
+                InequalityCheck("deviation", "a_priori", dev,
+                                np.full(T + 1, thm.evaluate("a_priori", **prior, M=self.width))),
+            ]
         return out
 
     def to_dict(self) -> dict:

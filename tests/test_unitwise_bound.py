@@ -90,12 +90,16 @@ def test_docstring_formulas_match_derivation(thm):
         "paper_constant": r"``C = (16 sqrt\(N\) eta T\^2 R_0\^2)``",
         "learning_rate_max": r"implied by ``eta <= (2 rho / A\^2)``",
         "radius": r"radius ``D = (2 eta A R_0 T / rho)``",
+        "largest_safe_rate_l2": r"the same chain gives\s+``(32 sqrt\(N\) T\^2 R_0\^2 A rho\^\{-1\} / sqrt\(M\))``",
     }
     for name, pattern in claims.items():
         found = re.search(pattern, doc, flags=re.S)
         assert found, f"docstring has no formula for {name}"
         text = re.sub(r"\s+", " ", found.group(1))
         assert sp.simplify(parse(text) - thm.expression(name)) == 0, name
+    found = re.search(r"for ``T = 1`` the drift terms vanish and ``b = (.*?)``", doc, flags=re.S)
+    assert found, "docstring has no formula for b at T = 1"
+    assert sp.simplify(parse(re.sub(r"\s+", " ", found.group(1))) - thm.expression("bound").subs(S.T, 1)) == 0
 
 
 def test_exponents(thm):
@@ -104,6 +108,7 @@ def test_exponents(thm):
     assert ex["bound"] == {"A": 5, "rho": -3, "M": sp.Rational(-1, 2)}
     assert ex["safe_rate"] == {"A": 3, "rho": -2, "M": sp.Rational(-1, 2)}
     assert ex["paper"] == {"A": 3, "rho": -6, "M": sp.Rational(-1, 2)}
+    assert ex["largest_safe_rate_l2"] == {"A": 1, "rho": -1, "M": sp.Rational(-1, 2)}
     base = dict(A=2.0, rho=0.5, M=100.0, eta=0.1, R=1.0, T=7)
     for sym, point in (("A", 1e6), ("rho", 1e-6), ("M", 1e12)):
         lo, hi = dict(base, **{sym: point}), dict(base, **{sym: point * 10})
@@ -124,7 +129,8 @@ def test_implications_certified(thm):
 @given(A=st.floats(1, 50), rho=st.floats(1e-3, 1), T=st.integers(1, 40), w=st.floats(1e-3, 1),
        M=st.floats(1, 1e6), R=st.floats(1e-3, 10), N=st.integers(1, 100))
 def test_forms_order_on_random_points(thm, A, rho, T, w, M, R, N):
-    """b <= horizon; with eta = w 2 rho / A^2: b <= safe-rate; a priori l2 <= safe-rate l2 <= paper."""
+    """b <= horizon; with eta = w 2 rho / A^2: b <= safe-rate; a priori l2 <= safe-rate l2 <= paper, and
+    safe-rate l2 <= its value at the largest safe rate."""
     eta = w * thm.evaluate("learning_rate_max", A=A, rho=rho)
     v = dict(A=A, rho=rho, T=T, eta=eta, M=M, R=R, R_0=R / 2, N=N)
     b = thm.evaluate("bound", **v)
@@ -133,6 +139,7 @@ def test_forms_order_on_random_points(thm, A, rho, T, w, M, R, N):
     assert b <= thm.evaluate("safe_rate", **v) * tol
     assert thm.evaluate("a_priori_l2", **v) <= thm.evaluate("safe_rate_l2", **v) * tol
     assert thm.evaluate("safe_rate_l2", **v) <= thm.evaluate("paper", **v) * tol
+    assert thm.evaluate("safe_rate_l2", **v) <= thm.evaluate("largest_safe_rate_l2", **v) * tol
 
 
 def test_width_condition_and_min_width(thm):
@@ -216,9 +223,24 @@ def test_bound_and_every_step_hold(problem):
                             steps=problem.steps)
     assert res.hypotheses["nonexpansive"] and res.hypotheses["smooth_activation"]
     assert res.deviation <= res.bound
-    failed = [(c.name, c.kind, c.worst_ratio) for c in res.checks() if not c.holds()]
+    checks = res.checks()
+    failed = [(c.name, c.kind, c.worst_ratio) for c in checks if not c.holds()]
     assert not failed, failed
+    assert any(c.kind == "a_priori" for c in checks) == res.width_condition
     assert res.A >= 1 and res.A >= res.lipschitz_ratios.max(initial=0) and res.A >= res.jacobian_norms.max()
+
+
+def test_a_priori_conclusions():
+    """Where the width condition holds, the a priori conclusions hold: iterates in the ball of radius D,
+    ``||e_t|| <= 2 R_0`` and ``||d_t|| <= b(T; 2 R_0)``; the a priori bound dominates the a posteriori one."""
+    X, r = _data(N=4, dim=3, seed=2)
+    net = MLP([3, 256, 1], activation="tanh", seed=5)
+    res = measure_deviation(net, X, _fixed_residual_targets(net, X, r), lr=0.05, damping=0.5, steps=3)
+    assert res.hypotheses["nonexpansive"] and res.width_condition
+    prior = [c for c in res.checks() if c.kind == "a_priori"]
+    assert {c.name for c in prior} == {"radius", "residual", "deviation"}
+    assert all(c.holds() for c in prior), [(c.name, c.worst_ratio) for c in prior]
+    assert res.R <= 2 * res.R_0 and res.deviation <= res.bound <= res.bound_a_priori
 
 
 def _fixed_residual_targets(net, X, residual):
@@ -235,10 +257,14 @@ def _data(N=8, dim=4, seed=0):
 
 
 def test_deviation_shrinks_with_width():
-    """Mean deviation over seeds: ``deviation * sqrt(M)`` does not grow and the log-log slope is <= -0.4.
+    """Mean deviation over seeds: ``deviation * sqrt(M)`` does not grow and the log-log slope is in [-1.5, -0.4].
 
-    The theorem gives ``M^{-1/2}``; measured slopes are about -0.8 to -0.9 (the deviation
-    is closer to ``O(1/M)`` here), so the slope is also asked to stay above -1.5.
+    The theorem is an upper bound with rate ``M^{-1/2}``; it does not claim that rate is
+    attained.  Here the deviation is close to ``O(1/M)`` (``deviation * M`` stays within
+    0.19-0.29; fitted slope -0.90 with standard error 0.09; per-seed slopes -0.6 to -1.1), as
+    expected when the kernel moves at ``O(1/M)`` (Dyer & Gur-Ari 2020).  Window: the upper end
+    -0.4 is the theorem's -1/2 plus about one standard error of the fit; the lower end -1.5
+    rejects a deviation that collapses faster than any perturbative rate (e.g. to round-off).
     """
     X, r = _data()
     widths = np.array([64, 128, 256, 512, 1024])
