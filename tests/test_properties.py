@@ -45,6 +45,11 @@ pytest.importorskip("ngdsym.derivation", reason="ngdsym.derive (issue 3) is not 
 
 WIDTHS = (64, 128, 256, 512)
 SEEDS = 3
+#: Seeds per width for the training and test-prediction properties (3 and 4): their
+#: per-seed scatter is large at N <= 8 (measured: K-FAC, relu, N = 3, C = 2 with 3 seeds
+#: gave slope -0.24 +- 0.18, a miss of the -0.25 bound by noise alone); 6 seeds halve the
+#: variance of the mean at twice the (small) cost.
+TRAIN_SEEDS = 6
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -148,7 +153,7 @@ def test_training_residual_follows_isotropic_dynamics(case):
     isotropy needs).
     """
     method, family = case
-    res, ctx = _sweep(family, (method,), train=True)
+    res, ctx = _sweep(family, (method,), train=True, seeds=TRAIN_SEEDS)
     assert method not in res.errors, res.errors.get(method)
     check = judge_convergence(f"dynamics {method}", WIDTHS, res.methods[method]["dynamics_error"],
                               DEFAULT_CRITERIA, upper_bound=True)
@@ -165,7 +170,7 @@ def test_test_predictions_follow_derived_predictor(case):
     Jacobian motion, both ``O(M^{-1/2})``: the same bound criterion as property 3.
     """
     method, family = case
-    res, ctx = _sweep(family, (method,), train=True)
+    res, ctx = _sweep(family, (method,), train=True, seeds=TRAIN_SEEDS)
     assert method not in res.errors, res.errors.get(method)
     err = res.methods[method]["test_error"]
     assert not np.all(np.isnan(err)), f"{method}: no test predictor ({res.notes.get(method)})"
