@@ -1111,7 +1111,6 @@ def _derive_unit_wise(d: Derivation, s: _Structure):
     t1, pre = _push_through_products(term, J, Jx)
     _damping_condition(d, pre)
     Th = MatrixSymbol("Theta_li", N, N)
-    ThX = MatrixSymbol("Theta'_li", N2, N)
     d.steps.append(("push-through; Theta_li = D_li Q_{l-1} D_li", t1))
     Thl, lim, Th2, M2, off = _unit_projection_example()
     d.steps.append(("rho -> 0: Theta_li Theta_li^+ = projection onto range(D_li Q D_li) = "

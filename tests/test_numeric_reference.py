@@ -97,6 +97,26 @@ def assert_kernel_close(actual, expected, J, J2, N, rtol, norm_A, what):
     assert err <= bound, f"{what}: ||diff||_F = {err:.3g} > {bound:.3g} (rtol {rtol:.3g})"
 
 
+def assert_zero_damping_matches(net, X, X2, Y, method, kd, what):
+    """Fast ``damping = 0`` kernel (train and cross) and update equal the reference's, with the
+    solve tolerance over the kept spectrum (pseudo-inverted per independent block)."""
+    pk, ng = fast("preconditioned_kernel"), fast("natural_gradient")
+    N = X.shape[0]
+    rtol = max(1e-9, 100 * EPS * ref.pinv_condition(net, X, method))
+    norm_A = np.abs(np.linalg.eigvalsh(ref.damped_fisher(net, X, method, 0.0, kd))).max()
+    J, J2 = ref.jacobian(net, X), ref.jacobian(net, X2)
+    what = f"{what} N={N} damping=0"
+    for Z, JZ in [(None, J), (X2, J2)]:
+        expected = ref.preconditioned_kernel(net, X, method, 0.0, Z, kfac_damping=kd)
+        actual = pk(net, X, method, 0.0, Z, kfac_damping=kd)
+        assert_kernel_close(actual, expected, J, JZ, N, rtol, norm_A, what)
+    e = flatten_update(ref.natural_gradient(net, X, Y, method, 0.0, kfac_damping=kd))
+    a = flatten_update(ng(net, X, Y, method, 0.0, kfac_damping=kd))
+    grad = J.T @ (ref.forward(net, X) - Y).ravel() / N
+    err = frobenius_error(a, e)
+    assert err <= rtol * (np.linalg.norm(e) + np.linalg.norm(grad) / norm_A), f"{what}: {err:.3g}"
+
+
 def fast(name):
     """A public fast routine of :mod:`numeric` (a missing export fails, never skips)."""
     fn = getattr(numeric, name, None)
@@ -432,7 +452,6 @@ def test_zero_damping_equals_reference(variant):
     :func:`zero_damping_is_well_posed`.  tanh, ReLU and erf, L = 1..4 (block tri-diagonal
     includes the singular-T case L = 2)."""
     method, kd = variant
-    pk, ng = fast("preconditioned_kernel"), fast("natural_gradient")
     for depth, activation, C in [(1, "tanh", 1), (2, "relu", 2), (3, "tanh", 1), (4, "erf", 1)]:
         N = 3
         net = MLP([N + 1] + [10] * (depth - 1) + [C], activation=activation, sigma_b=0.2, seed=depth)
@@ -440,19 +459,7 @@ def test_zero_damping_equals_reference(variant):
         X, X2 = (Z / np.linalg.norm(Z, axis=1, keepdims=True) for Z in (X, X2))
         Y = input_array(N, C, seed=depth + 300)
         assert zero_damping_is_well_posed(net, X, method)
-        # pseudo-inverted per independent block: condition number over the kept spectrum
-        rtol = max(1e-9, 100 * EPS * ref.pinv_condition(net, X, method))
-        norm_A = np.abs(np.linalg.eigvalsh(ref.damped_fisher(net, X, method, 0.0, kd))).max()
-        J, J2 = ref.jacobian(net, X), ref.jacobian(net, X2)
-        what = f"{method}/{kd} widths={net.widths} damping=0"
-        for Z, JZ in [(None, J), (X2, J2)]:
-            expected = ref.preconditioned_kernel(net, X, method, 0.0, Z, kfac_damping=kd)
-            actual = pk(net, X, method, 0.0, Z, kfac_damping=kd)
-            assert_kernel_close(actual, expected, J, JZ, N, rtol, norm_A, what)
-        e = flatten_update(ref.natural_gradient(net, X, Y, method, 0.0, kfac_damping=kd))
-        a = flatten_update(ng(net, X, Y, method, 0.0, kfac_damping=kd))
-        grad = J.T @ (ref.forward(net, X) - Y).ravel() / N
-        assert frobenius_error(a, e) <= rtol * (np.linalg.norm(e) + np.linalg.norm(grad) / norm_A), what
+        assert_zero_damping_matches(net, X, X2, Y, method, kd, f"{method}/{kd} widths={net.widths}")
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -545,25 +552,12 @@ def test_zero_damping_equals_reference_on_random_nets(method, kd, C):
     reference by up to 5e-2 (kernels) and 5e4 (relative, natural gradients) on such nets; this
     test failed on that code for every case here (saturated erf nets, e.g. seeds 22 and 55).
     """
-    pk, ng = fast("preconditioned_kernel"), fast("natural_gradient")
     n_examples, excluded = 60, 0
     for seed in range(n_examples):
         net, X, X2, Y = random_zero_damping_problem(seed, C)
         if not gap_at_cutoff(net, X, method):
             excluded += 1
             continue
-        N = X.shape[0]
-        rtol = max(1e-9, 100 * EPS * ref.pinv_condition(net, X, method))
-        norm_A = np.abs(np.linalg.eigvalsh(ref.damped_fisher(net, X, method, 0.0, kd))).max()
-        J, J2 = ref.jacobian(net, X), ref.jacobian(net, X2)
-        what = f"seed {seed}: {method}/{kd} {net.activation} widths={net.widths} N={N} damping=0"
-        for Z, JZ in [(None, J), (X2, J2)]:
-            expected = ref.preconditioned_kernel(net, X, method, 0.0, Z, kfac_damping=kd)
-            actual = pk(net, X, method, 0.0, Z, kfac_damping=kd)
-            assert_kernel_close(actual, expected, J, JZ, N, rtol, norm_A, what)
-        e = flatten_update(ref.natural_gradient(net, X, Y, method, 0.0, kfac_damping=kd))
-        a = flatten_update(ng(net, X, Y, method, 0.0, kfac_damping=kd))
-        grad = J.T @ (ref.forward(net, X) - Y).ravel() / N
-        err = frobenius_error(a, e)
-        assert err <= rtol * (np.linalg.norm(e) + np.linalg.norm(grad) / norm_A), f"{what}: {err:.3g}"
+        assert_zero_damping_matches(net, X, X2, Y, method, kd,
+                                    f"seed {seed}: {method}/{kd} {net.activation} widths={net.widths}")
     assert excluded < n_examples / 2, f"{excluded} of {n_examples} examples ill-posed: the test is near vacuous"
