@@ -44,6 +44,8 @@ from ngdsym.methods import Method
 pytest.importorskip("ngdsym.derivation", reason="ngdsym.derive (issue 3) is not available yet")
 
 WIDTHS = (64, 128, 256, 512)
+#: Widths of property 5 (the diagonal method's plateau shows only beyond M ~ 1000).
+DIAGONAL_WIDTHS = (512, 2048, 8192)
 SEEDS = 3
 #: Seeds per width for the training and test-prediction properties (3 and 4): their
 #: per-seed scatter is large at N <= 8 (measured: K-FAC, relu, N = 3, C = 2 with 3 seeds
@@ -70,12 +72,12 @@ MAX_GRAM_CONDITION = 100.0
 
 
 def _sweep(family, methods=(), *, train=False, layer_kernels=False, seeds=SEEDS, steps=2, damping=None,
-           well_conditioned=False):
+           well_conditioned=False, widths=WIDTHS):
     """Run the checker's sweep on ``family`` (``damping=None``: the family's drawn ``rho``).
 
     ``well_conditioned``: discard (``hypothesis.assume``) families whose inverted
     infinite-width Grams exceed :data:`MAX_GRAM_CONDITION`."""
-    config = SweepConfig(setup=family.setup(), widths=WIDTHS, seeds=seeds, methods=tuple(methods),
+    config = SweepConfig(setup=family.setup(), widths=widths, seeds=seeds, methods=tuple(methods),
                          damping=family.damping if damping is None else damping, steps=steps, train=train,
                          layer_kernels=layer_kernels, show_progress=False)
     ctx = Context(config)
@@ -214,11 +216,15 @@ def test_diagonal_method_is_not_isotropic(family):
     above three standard errors.  A per-width threshold would not do: a ``K``
     converging to ``alpha I`` (relu unit-wise) still has ``cond ~ 1.3`` at
     ``M = 256``; measured here, the diagonal ``K`` plateaus (e.g. 1.64 from
-    ``M = 1024`` to ``16384`` for a 2-layer relu net with N = 4).
+    ``M = 1024`` to ``16384`` for a 2-layer relu net with N = 4).  Hence the larger
+    :data:`DIAGONAL_WIDTHS` (cheap at N <= 8): over ``M = 32..256`` the approach to the
+    plateau can itself look like ``M^{-1/2}`` decay (measured: relu, C = 2, N = 4:
+    cond 3.58, 2.81, 2.22, 1.94 at M = 32..256 extrapolated to 0.98, while it levels off
+    at 1.80 (M = 4096) and 1.73 (M = 16384)).
     """
-    res, ctx = _sweep(family, (Method.DIAGONAL,))
+    res, ctx = _sweep(family, (Method.DIAGONAL,), widths=DIAGONAL_WIDTHS)
     assert Method.DIAGONAL not in res.errors, res.errors.get(Method.DIAGONAL)
     q = res.methods[Method.DIAGONAL]
-    check = judge_non_isotropic("diagonal", WIDTHS, q["condition_number"], q["isotropy_deviation"],
+    check = judge_non_isotropic("diagonal", DIAGONAL_WIDTHS, q["condition_number"], q["isotropy_deviation"],
                                 DEFAULT_CRITERIA)
     assert check.passed, _explain(check)
