@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from numeric import METHODS, MLP, layer_kernels, natural_gradient, preconditioned_kernel
+from numeric import METHODS, MLP, layer_kernels, natural_gradient, preconditioned_kernel, reference
 
 print = functools.partial(print, flush=True)  # rows appear as they are timed
 
@@ -55,26 +55,12 @@ def make_problem(n, width, depth, input_dim, activation, seed=0):
     return net, X, Y
 
 
-def load_reference():
-    try:
-        from numeric import reference
-    except ImportError as exc:  # written by another part of the project; optional here
-        print(f"(numeric.reference not importable: {exc}; dense timings skipped)")
-        return None
-    return reference
-
-
-def dense_width(reference, depth, input_dim, limit=None):
+def dense_width(depth, input_dim):
     """Largest hidden width whose parameter count fits the dense reference."""
-    max_params = getattr(reference, "MAX_PARAMS", 4000) if limit is None else limit
     width = 1
-    while True:
-        nxt = width + 1
-        widths = [input_dim] + [nxt] * (depth - 1) + [1]
-        P = sum(m_out * (m_in + 1) for m_in, m_out in zip(widths[:-1], widths[1:]))
-        if P > max_params:
-            return width
-        width = nxt
+    while MLP([input_dim] + [width + 1] * (depth - 1) + [1]).n_params <= reference.MAX_PARAMS:
+        width += 1
+    return width
 
 
 def time_fast(net, X, Y, damping, repeat):
@@ -115,27 +101,25 @@ def main(argv=None):
         print(f"  {routine:<24}{method:<20}{seconds:>10.4f}")
         results["fast"].append({"routine": routine, "method": method, "seconds": seconds})
 
-    reference = load_reference()
-    if reference is not None:
-        width = args.dense_width or dense_width(reference, args.depth, args.input_dim)
-        small, Xs, _ = make_problem(args.n, width, args.depth, args.input_dim, args.activation)
-        print(f"\nfast vs dense: N = {args.n}, M = {width}, L = {args.depth}, P = {small.n_params}")
-        print(f"  {'method':<20}{'fast s':>10}{'dense s':>10}{'fast/dense':>12}{'max rel diff':>14}")
-        for method in METHODS:
-            t_fast = best_time(lambda: preconditioned_kernel(small, Xs, method, args.damping), args.repeat)
-            try:
-                K_dense = reference.preconditioned_kernel(small, Xs, method, args.damping)
-                t_dense = best_time(lambda: reference.preconditioned_kernel(small, Xs, method, args.damping),
-                                    max(1, min(args.repeat, 2)))
-            except (MemoryError, NotImplementedError, ValueError) as exc:
-                print(f"  {method.value:<20}{t_fast:>10.4f}   dense skipped: {exc}")
-                results["comparison"].append({"method": method.value, "fast": t_fast, "dense": None})
-                continue
-            K_fast = preconditioned_kernel(small, Xs, method, args.damping)
-            diff = float(np.abs(K_fast - K_dense).max() / np.abs(K_dense).max())
-            print(f"  {method.value:<20}{t_fast:>10.4f}{t_dense:>10.4f}{t_fast / t_dense:>12.4f}{diff:>14.2e}")
-            results["comparison"].append({"method": method.value, "width": width, "fast": t_fast,
-                                          "dense": t_dense, "ratio": t_fast / t_dense, "max_rel_diff": diff})
+    width = args.dense_width or dense_width(args.depth, args.input_dim)
+    small, Xs, _ = make_problem(args.n, width, args.depth, args.input_dim, args.activation)
+    print(f"\nfast vs dense: N = {args.n}, M = {width}, L = {args.depth}, P = {small.n_params}")
+    print(f"  {'method':<20}{'fast s':>10}{'dense s':>10}{'fast/dense':>12}{'max rel diff':>14}")
+    for method in METHODS:
+        t_fast = best_time(lambda: preconditioned_kernel(small, Xs, method, args.damping), args.repeat)
+        try:
+            K_dense = reference.preconditioned_kernel(small, Xs, method, args.damping)
+            t_dense = best_time(lambda: reference.preconditioned_kernel(small, Xs, method, args.damping),
+                                max(1, min(args.repeat, 2)))
+        except (MemoryError, NotImplementedError, ValueError) as exc:
+            print(f"  {method.value:<20}{t_fast:>10.4f}   dense skipped: {exc}")
+            results["comparison"].append({"method": method.value, "fast": t_fast, "dense": None})
+            continue
+        K_fast = preconditioned_kernel(small, Xs, method, args.damping)
+        diff = float(np.abs(K_fast - K_dense).max() / np.abs(K_dense).max())
+        print(f"  {method.value:<20}{t_fast:>10.4f}{t_dense:>10.4f}{t_fast / t_dense:>12.4f}{diff:>14.2e}")
+        results["comparison"].append({"method": method.value, "width": width, "fast": t_fast,
+                                      "dense": t_dense, "ratio": t_fast / t_dense, "max_rel_diff": diff})
 
     if args.json:
         with open(args.json, "w") as fh:

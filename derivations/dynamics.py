@@ -108,6 +108,12 @@ def judge_training(res, ctx, quantity: str, prefix: str, criterion: str) -> list
     return checks
 
 
+#: The isotropic methods whose training and test predictions these scripts check
+#: (this module and :mod:`derivations.test_predictions`).
+TRAINED_METHODS = (Method.EXACT, Method.BLOCK_DIAGONAL, Method.BLOCK_TRIDIAGONAL, Method.KFAC,
+                   Method.UNIT_WISE)
+
+
 def judge(res, ctx) -> list[Check]:
     """One rate check per isotropic method that was trained (property 3 of issue 4)."""
     return judge_training(res, ctx, "dynamics_error", "dynamics",
@@ -118,9 +124,7 @@ def judge(res, ctx) -> list[Check]:
 def main(argv=None) -> int:
     from ._cli import run_module
 
-    return run_module(__name__, argv, methods=(Method.EXACT, Method.BLOCK_DIAGONAL,
-                                               Method.BLOCK_TRIDIAGONAL, Method.KFAC, Method.UNIT_WISE),
-                      sections=("dynamics",))
+    return run_module(__name__, argv, methods=TRAINED_METHODS, sections=("dynamics",))
 
 
 if __name__ == "__main__":

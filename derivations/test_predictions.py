@@ -53,10 +53,9 @@ def judge(res, ctx) -> list[Check]:
 
 def main(argv=None) -> int:
     from ._cli import run_module
+    from .dynamics import TRAINED_METHODS
 
-    return run_module(__name__, argv, methods=(Method.EXACT, Method.BLOCK_DIAGONAL,
-                                               Method.BLOCK_TRIDIAGONAL, Method.KFAC, Method.UNIT_WISE),
-                      sections=("test_predictions",))
+    return run_module(__name__, argv, methods=TRAINED_METHODS, sections=("test_predictions",))
 
 
 if __name__ == "__main__":

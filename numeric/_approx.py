@@ -356,7 +356,7 @@ def kfac_update(feat: Features, residual: np.ndarray, damping: float, kfac_dampi
         basis_B, basis_A = _kfac_layer_bases(D, feat.hbar[k], None, None, keep_null)
         rB = basis_B.coords.shape[1]
         # W_B^T G W_A = (1/N) sum_{n,c} r[n,c] Dc[nc,:]^T Hc[n,:]
-        Dr = np.einsum("nci,nc->ni", basis_B.coords.reshape(n, C, rB), residual)
+        Dr = _residual_rows(basis_B.coords.reshape(n, C, rB), residual)
         G = Dr.T @ basis_A.coords * (1 / n)
         b = basis_B.values / n
         a = basis_A.values / n

@@ -234,7 +234,6 @@ def layer_coefficients(method: Method, Th: np.ndarray | None, B: np.ndarray, dam
     raise AssertionError(f"not a layer-wise method: {method}")  # pragma: no cover
 
 
-_LAYERWISE = (Method.GD, Method.EXACT, Method.BLOCK_DIAGONAL, Method.BLOCK_TRIDIAGONAL)
 
 
 # ---------------------------------------------------------------- from features
@@ -263,7 +262,7 @@ def jacobian_transpose_layer(feat: Features, k: int, v: np.ndarray) -> tuple[np.
     """``J_{k+1}^T v`` as ``(dW, db)``: ``sum_{n,c} v[n, c] delta[k][n, c, :] (x) hbar[k][n, :]``."""
     dtype = feat.outputs.dtype
     n, C = feat.outputs.shape
-    weighted = np.einsum("nc,nci->ni", np.asarray(v, dtype=dtype).reshape(n, C), feat.delta[k])
+    weighted = _approx._residual_rows(feat.delta[k], np.asarray(v, dtype=dtype).reshape(n, C))
     dWb = weighted.T @ feat.hbar[k]  # (M_l, M_{l-1} + 1)
     return np.ascontiguousarray(dWb[:, :-1]), np.ascontiguousarray(dWb[:, -1])
 

@@ -67,6 +67,17 @@ def _loss(outputs: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return 0.5 * np.sum(diff * diff, axis=(-2, -1)) / Y.shape[0]
 
 
+def _trajectory(train_outputs, Y, test_outputs, Y_test, method, lr, damping, final_net) -> "Trajectory":
+    """A :class:`Trajectory` with its losses computed from the recorded outputs."""
+    return Trajectory(
+        train_outputs=train_outputs,
+        train_loss=_loss(train_outputs, Y),
+        test_outputs=test_outputs,
+        test_loss=None if Y_test is None else _loss(test_outputs, Y_test),
+        method=method, lr=lr, damping=damping, final_net=final_net,
+    )
+
+
 def _progress(iterable, enabled: bool, desc: str):
     """Wrap in a tqdm bar when asked and tqdm is installed (optional dependency)."""
     if not enabled:
@@ -163,13 +174,7 @@ def train(net, X, Y, method, lr, damping, steps, X_test=None, Y_test=None, *,
                 "0 < lr < 2/alpha, theory.md section 1) or a larger damping"
             )
         model.params = stepped
-    return Trajectory(
-        train_outputs=train_outputs,
-        train_loss=_loss(train_outputs, Y),
-        test_outputs=test_outputs,
-        test_loss=None if Y_test is None else _loss(test_outputs, Y_test),
-        method=method, lr=lr, damping=damping, final_net=model,
-    )
+    return _trajectory(train_outputs, Y, test_outputs, Y_test, method, lr, damping, model)
 
 
 def linearized_train(net, X, Y, method, lr, damping, steps, X_test=None, Y_test=None, *,
@@ -207,7 +212,7 @@ def linearized_train(net, X, Y, method, lr, damping, steps, X_test=None, Y_test=
     K = K.astype(np.float64)
     K_train, K_test = K[: n * C], K[n * C:]
     f = feat.outputs.astype(np.float64).ravel()
-    g = None if X_test is None else net.forward(X_test).astype(np.float64).ravel()
+    g = None if X_test is None else feat2.outputs[n:].astype(np.float64).ravel()
     y = Y.astype(np.float64).ravel()
     train_outputs = np.empty((steps + 1, n * C))
     test_outputs = None if X_test is None else np.empty((steps + 1, n2 * C))
@@ -224,10 +229,4 @@ def linearized_train(net, X, Y, method, lr, damping, steps, X_test=None, Y_test=
     train_outputs = train_outputs.reshape(steps + 1, n, C).astype(net.dtype)
     if test_outputs is not None:
         test_outputs = test_outputs.reshape(steps + 1, n2, C).astype(net.dtype)
-    return Trajectory(
-        train_outputs=train_outputs,
-        train_loss=_loss(train_outputs, Y),
-        test_outputs=test_outputs,
-        test_loss=None if Y_test is None else _loss(test_outputs, Y_test),
-        method=method, lr=lr, damping=damping, final_net=None,
-    )
+    return _trajectory(train_outputs, Y, test_outputs, Y_test, method, lr, damping, None)

@@ -66,11 +66,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ngdsym.methods import Method
+from ngdsym.methods import KFACDamping, Method
 
 from ._kernels import broadcast_outputs, layer_kernels_from_features
 from ._mlp import MLP, Features
-from ._precond import natural_gradient, preconditioned_kernel
+from ._linalg import pinv_keep
+from ._precond import kernel_from_features, update_from_features
 from ._train import _progress
 from ._validation import (as_inputs, as_targets, check_damping, check_learning_rate, check_positive_int,
                           require_memory)
@@ -165,7 +166,7 @@ def unit_wise_fisher_distances(feat_a: Features, feat_b: Features, damping: floa
     for Da, Db, Ha, Hb in zip(feat_a.delta, feat_b.delta, feat_a.hbar, feat_b.hbar):
         Z = np.concatenate([np.asarray(Ha, np.float64), np.asarray(Hb, np.float64)])  # (2N, m_in + 1)
         w, V = np.linalg.eigh(Z @ Z.T)
-        keep = w > 2 * n * np.finfo(np.float64).eps * max(w[-1], np.finfo(np.float64).tiny)
+        keep = pinv_keep(w, np.float64, psd=True)  # the project's one rank convention
         coords = V[:, keep] * np.sqrt(w[keep])  # rows of Z in an orthonormal basis of its row space
         Ca, Cb = coords[:n], coords[n:]
         da = np.asarray(Da, np.float64)[:, 0, :]  # (N, M_l): delta_i(x_n)
@@ -461,12 +462,12 @@ def measure_deviation(net, X, Y, lr, damping, steps, *, midpoints=True, progress
     y = np.asarray(Y, np.float64)[:, 0]
 
     # linearised dynamics, in function space
-    K0 = np.asarray(preconditioned_kernel(net, X, Method.UNIT_WISE, damping), np.float64)
-    K0 = (K0 + K0.T) / 2
-    kernel_max = float(np.linalg.eigvalsh(K0)[-1])
-
     theta0 = net.copy()
     feat0 = theta0.features(X)
+    K0 = np.asarray(kernel_from_features(feat0, feat0, Method.UNIT_WISE, damping, KFACDamping.FACTORS),
+                    np.float64)
+    K0 = (K0 + K0.T) / 2
+    kernel_max = float(np.linalg.eigvalsh(K0)[-1])
     f0 = np.asarray(feat0.outputs, np.float64)[:, 0]
     e_lin = np.empty((steps + 1, n))
     e_lin[0] = (f0 - y) / sqrt_n
@@ -495,7 +496,8 @@ def measure_deviation(net, X, Y, lr, damping, steps, *, midpoints=True, progress
     cur, feat = theta0, feat0
     at(0, cur, feat)
     for t in _progress(range(steps), progress, f"unit-wise NGD, M = {M}"):
-        update = natural_gradient(cur, X, Y, Method.UNIT_WISE, damping)
+        # the features of ``cur`` are at hand: no second forward/backward pass
+        update = update_from_features(feat, feat.outputs - Y, Method.UNIT_WISE, damping, KFACDamping.FACTORS)
         step_norms[t] = lr * _update_norm(update)
         nxt = _moved(cur, update, lr)
         feat_next = nxt.features(X)
