@@ -93,7 +93,7 @@ def constant_for_many_depths(ctx, quick: bool = False, width: int = 256, n_sampl
                      fmt(a_value), fmt(measured, 6), fmt(dev)])
     md = markdown_table(["L", "det T", "singular", "c = T^+ 1", "alpha = 1^T c", "ceil(L/3)",
                          "Derivation.alpha_value", f"trace(K)/N at M = {width}", "deviation"], rows)
-    agree = all(str(e["alpha"]) == str(e["ceil_L_over_3"]) for e in data.values())
+    agree = all(tri(L) == data[L]["ceil_L_over_3"] for L in data)  # exact Integer == int
     md += ("\n\nalpha(L) = ceil(L/3) for every L listed: "
            + ("yes" if agree else "NO (see the table)") + ".")
     return Extra("btd_constant", "Block tri-diagonal: alpha(L) for many depths", md,

@@ -36,8 +36,17 @@ TRAINING_NOT_APPLICABLE = (
     "deviation bound A^3 rho^-6 / sqrt(M) (theory.md section 5, issue 5), which is vacuous at the "
     "damping that isotropy needs (rho << per-unit Gram scale 1/(M N)); the measured error is reported")
 
-#: What theory.md predicts for each activation: tanh exact at any width, relu a rate.
-EXPECTED_KIND = {"tanh": "exact", "relu": "rate"}
+#: The two activations compared (issue 4: "the unit-wise case for relu vs tanh").
+COMPARED_ACTIVATIONS = ("tanh", "relu")
+
+
+def expected_kind(activation: str) -> str:
+    """``"exact"`` when ``gamma = P[phi'(u) != 0] = 1`` (every unit active at every sample,
+    so ``K = (sum_l M_l + 1) I`` at any width), else ``"rate"`` (active counts fluctuate
+    like ``M^{-1/2}``); ``gamma`` is derived by :func:`ngdsym.activation_gamma`."""
+    from ngdsym import activation_gamma
+
+    return "exact" if activation_gamma(activation)[0] == 1 else "rate"
 
 
 def judge(res, ctx):
@@ -51,7 +60,8 @@ def relu_vs_tanh(ctx, res=None, quick: bool = False) -> Extra:
 
     cfg = ctx.config
     rows, data, checks = [], {}, []
-    for act, kind in EXPECTED_KIND.items():
+    for act in COMPARED_ACTIVATIONS:
+        kind = expected_kind(act)
         if res is not None and ctx.setup.activation == act and METHOD in res.methods:
             sub_res, sub_ctx = res, ctx
         else:
